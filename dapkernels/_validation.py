@@ -1,0 +1,56 @@
+"""Input checks shared by the functional API: clear errors that name the offending argument."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+_CPU_DTYPES = (torch.float32, torch.float64)
+_GPU_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def as_features(x: object, name: str) -> torch.Tensor:
+    """Checks a (batch, features…) tensor and flattens it to (batch, d)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() < 2:
+        raise ValueError(
+            f"{name} must have shape (batch, features...), got a {x.dim()}-D tensor of shape "
+            f"{tuple(x.shape)}"
+        )
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch (shape {tuple(x.shape)})")
+    allowed = _CPU_DTYPES if x.device.type == "cpu" else _GPU_DTYPES
+    if x.dtype not in allowed:
+        names = ", ".join(str(d).replace("torch.", "") for d in allowed)
+        raise TypeError(f"{name} has dtype {x.dtype}; on {x.device.type} expected one of {names}")
+    flat = x.reshape(x.shape[0], -1)
+    if flat.shape[1] == 0:
+        raise ValueError(f"{name} has no features (shape {tuple(x.shape)})")
+    return flat
+
+
+def check_same_space(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str) -> None:
+    """Both tensors must live on one device, share a dtype and a feature dimension."""
+    if a.device != b.device:
+        raise ValueError(f"{name_a} is on {a.device} but {name_b} is on {b.device}")
+    if a.dtype != b.dtype:
+        raise TypeError(f"{name_a} has dtype {a.dtype} but {name_b} has dtype {b.dtype}")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(
+            f"feature dimensions differ: {name_a} has d={a.shape[1]}, {name_b} has d={b.shape[1]}"
+        )
+
+
+def check_finite(x: torch.Tensor, name: str) -> None:
+    """Raises if ``x`` holds NaN or ±Inf (one reduction; used by the reference backend)."""
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} contains non-finite values (NaN or Inf)")
+
+
+def check_all_same_device(tensors: Sequence[torch.Tensor], names: Sequence[str]) -> None:
+    first = tensors[0]
+    for t, nm in zip(tensors[1:], names[1:]):
+        if t.device != first.device:
+            raise ValueError(f"{nm} is on {t.device} but {names[0]} is on {first.device}")

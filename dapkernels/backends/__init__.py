@@ -1,0 +1,68 @@
+"""Backend selection.
+
+Every backend module exposes the same primitives (see ``reference.py`` for their contract):
+
+* ``mmd_sweep(zs, n, factors, relative, weights, need_grad) -> (sums, grads)``
+
+Choice, first match wins: the ``backend=`` argument of an op, the ``DAPKERNELS_BACKEND``
+environment variable, then the device: CPU tensors use ``cpu`` (the C++ core), CUDA tensors use
+``triton``.  A CUDA tensor never silently moves to the CPU: without Triton the ops run the plain
+torch ``reference`` backend on the GPU and warn once.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import warnings
+from types import ModuleType
+from typing import Optional
+
+import torch
+
+BACKENDS = ("reference", "cpu", "triton")
+_warned: set = set()
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def resolve(backend: Optional[str], device: torch.device) -> str:
+    """Returns the backend name to use for tensors on ``device``."""
+    name = backend if backend is not None else os.environ.get("DAPKERNELS_BACKEND") or None
+    if name is not None:
+        if name not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+        if name == "cpu" and device.type != "cpu":
+            raise ValueError(f"backend 'cpu' runs on CPU tensors only, got a {device.type} tensor")
+        return name
+    if device.type == "cpu":
+        if available("cpu"):
+            return "cpu"
+        _warn_once("cpu", "dapkernels._C is not built; using the slow reference backend on CPU")
+        return "reference"
+    if device.type == "cuda":
+        if available("triton"):
+            return "triton"
+        _warn_once("triton", "triton is not installed; CUDA tensors use the reference backend")
+        return "reference"
+    return "reference"
+
+
+def available(name: str) -> bool:
+    """True when the backend's compiled dependencies import."""
+    try:
+        get(name)
+    except ImportError:
+        return False
+    return True
+
+
+def get(name: str) -> ModuleType:
+    """Imports and returns the backend module ``dapkernels.backends.<name>``."""
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+    return importlib.import_module(f"dapkernels.backends.{name}")

@@ -1,0 +1,160 @@
+"""Functional entry points, in the style of ``torch.nn.functional``.
+
+Shapes: features are (batch, features…) tensors, flattened to (batch, d).  ``n`` source rows,
+``m`` target rows, ``N = n + m``.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+from . import backends
+from ._validation import as_features, check_same_space
+from .kernels import GaussianKernels
+from .ops.mmd import fused_mmd, linear_mmd
+
+__all__ = ["mmd", "jmmd"]
+
+ESTIMATORS = ("biased", "unbiased", "linear")
+
+
+def _estimator_weights(estimator: str, n: int, m: int, k0: float) -> tuple:
+    """``(w_ss, w_st, w_tt), c`` such that the estimate is ``Σ w·S + c`` (k0 = k(0))."""
+    if estimator == "biased":
+        return (1.0 / (n * n), -1.0 / (n * m), 1.0 / (m * m)), 0.0
+    w_ss, w_tt = 1.0 / (n * (n - 1)), 1.0 / (m * (m - 1))
+    return (w_ss, -1.0 / (n * m), w_tt), -(n * k0 * w_ss + m * k0 * w_tt)
+
+
+def _check_estimator(estimator: str, n: int, m: int) -> None:
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+    if estimator == "unbiased" and min(n, m) < 2:
+        raise ValueError(
+            f"the unbiased estimator needs at least 2 samples per domain, got source batch {n} "
+            f"and target batch {m}"
+        )
+    if estimator == "linear":
+        if n != m:
+            raise ValueError(
+                f"the linear estimator pairs samples and needs equal batches, got source batch "
+                f"{n} and target batch {m}"
+            )
+        if n < 2:
+            raise ValueError(f"the linear estimator needs a batch of at least 2, got {n}")
+
+
+def _out_dtype(dtype: torch.dtype) -> torch.dtype:
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def jmmd(
+    sources: Sequence[torch.Tensor],
+    targets: Sequence[torch.Tensor],
+    kernels: Optional[Sequence[GaussianKernels]] = None,
+    estimator: str = "unbiased",
+    backend: Optional[str] = None,
+) -> torch.Tensor:
+    """Joint MMD of JAN: MMD with the product kernel ``k(i, j) = Π_l k_l(z_{l,i}, z_{l,j})``.
+
+    Each layer ``l`` has its own bank ``k_l = Σ_q exp(−‖z_{l,i} − z_{l,j}‖² / (2σ_{lq}²))`` and
+    its own features (e.g. bottleneck features and softmax outputs); layers may differ in
+    dimension but share the batch.  Estimators as in :func:`mmd`, with ``k(0) = Π_l Q_l``.
+
+    Args:
+        sources: L tensors of shape (n, …) — layer l of the source batch.
+        targets: L tensors of shape (m, …) — layer l of the target batch.
+        kernels: L kernel banks (default: ``GaussianKernels()`` for every layer).
+        estimator: ``"unbiased"`` (default), ``"biased"`` or ``"linear"``.
+        backend: force ``"reference"``, ``"cpu"`` or ``"triton"`` (default: by device).
+
+    Returns:
+        0-dim tensor (float32 for half-precision inputs, else the input dtype).
+    """
+    if isinstance(sources, torch.Tensor) or isinstance(targets, torch.Tensor):
+        raise TypeError("sources and targets must be sequences of tensors (one per layer)")
+    sources, targets = list(sources), list(targets)
+    if len(sources) == 0 or len(sources) != len(targets):
+        raise ValueError(
+            f"sources and targets must hold the same, non-zero number of layers, got "
+            f"{len(sources)} and {len(targets)}"
+        )
+    if kernels is None:
+        kernels = [GaussianKernels()] * len(sources)
+    kernels = list(kernels)
+    if len(kernels) != len(sources):
+        raise ValueError(f"kernels must hold one bank per layer ({len(sources)}), got {len(kernels)}")
+    for k in kernels:
+        if not isinstance(k, GaussianKernels):
+            raise TypeError(f"kernels must be GaussianKernels, got {type(k).__name__}")
+    srcs = [as_features(s, f"sources[{i}]") for i, s in enumerate(sources)]
+    tgts = [as_features(t, f"targets[{i}]") for i, t in enumerate(targets)]
+    n, m = srcs[0].shape[0], tgts[0].shape[0]
+    for i, (s, t) in enumerate(zip(srcs, tgts)):
+        check_same_space(s, t, f"sources[{i}]", f"targets[{i}]")
+        if s.device != srcs[0].device or s.dtype != srcs[0].dtype:
+            raise TypeError(
+                f"every layer must share device and dtype: sources[{i}] is {s.dtype} on "
+                f"{s.device}, sources[0] is {srcs[0].dtype} on {srcs[0].device}"
+            )
+        if s.shape[0] != n or t.shape[0] != m:
+            raise ValueError(
+                f"every layer must share the batch: sources[{i}] has {s.shape[0]} rows "
+                f"(expected {n}), targets[{i}] has {t.shape[0]} (expected {m})"
+            )
+    _check_estimator(estimator, n, m)
+    factors = [k.sigma2_factors for k in kernels]
+    relative = [k.relative for k in kernels]
+    if estimator == "linear":
+        return linear_mmd(srcs, tgts, factors, relative)
+    k0 = 1.0
+    for k in kernels:
+        k0 *= k.num_kernels
+    weights, const = _estimator_weights(estimator, n, m, k0)
+    name = backends.resolve(backend, srcs[0].device)
+    zs = [torch.cat([s, t]) for s, t in zip(srcs, tgts)]
+    return fused_mmd(zs, n, factors, relative, weights, const, name, _out_dtype(zs[0].dtype))
+
+
+def mmd(
+    source: torch.Tensor,
+    target: torch.Tensor,
+    kernels: Optional[GaussianKernels] = None,
+    estimator: str = "unbiased",
+    backend: Optional[str] = None,
+) -> torch.Tensor:
+    """Multi-kernel maximum mean discrepancy (MK-MMD, as in DAN) between two batches.
+
+    With ``k = Σ_q k_q`` the bank of ``kernels`` and ``S_ab = Σ_{i∈a, j∈b} k(z_i, z_j)``:
+
+    * ``"biased"`` (V-statistic): ``S_ss/n² + S_tt/m² − 2 S_st/(nm)``; never negative.
+    * ``"unbiased"`` (U-statistic, diagonal excluded inside each domain):
+      ``(S_ss − n·Q)/(n(n−1)) + (S_tt − m·Q)/(m(m−1)) − 2 S_st/(nm)``, Q = number of kernels.
+      It is an unbiased estimate of MMD² and **can be negative** when the domains are close;
+      it is returned unclamped (clamping would bias it and kill its gradient).
+    * ``"linear"`` (DAN's O(N·d) estimate, needs n = m):
+      ``(1/n) Σ_i [k(s_i, s_i') + k(t_i, t_i') − k(s_i, t_i') − k(s_i', t_i)]``, i' = (i+1) mod n.
+
+    The quadratic estimators run one fused sweep over the concatenated batch: no N×N matrix is
+    stored, and the gradient is computed in the same pass (backward only rescales it).
+
+    Args:
+        source: (n, …) source features.
+        target: (m, …) target features; same feature size, dtype and device.
+        kernels: the bank (default ``GaussianKernels()``: α = 2^-3 … 2^1, relative bandwidths).
+        estimator: ``"unbiased"`` (default), ``"biased"`` or ``"linear"``.
+        backend: force ``"reference"``, ``"cpu"`` or ``"triton"`` (default: by device, or the
+            ``DAPKERNELS_BACKEND`` environment variable).
+
+    Returns:
+        0-dim tensor (float32 for half-precision inputs, else the input dtype).
+    """
+    if kernels is not None and not isinstance(kernels, GaussianKernels):
+        raise TypeError(f"kernels must be GaussianKernels, got {type(kernels).__name__}")
+    s = as_features(source, "source")
+    t = as_features(target, "target")
+    check_same_space(s, t, "source", "target")
+    return jmmd([s], [t], None if kernels is None else [kernels], estimator, backend)
+

@@ -1,0 +1,156 @@
+"""The fused MMD / JMMD op: one sweep over the concatenated batch gives the loss and its gradient.
+
+``L = w_ss S_ss + 2 w_st S_st + w_tt S_tt + c`` where ``S_ab`` are the block sums of the
+(joint) kernel; the backend computes the unscaled gradient ∂L/∂Z in the same sweep and the
+backward pass only multiplies it by ``grad_output``.
+"""
+
+from __future__ import annotations
+
+from typing import List, Sequence
+
+import torch
+
+from .. import backends
+
+
+def _value(sums: torch.Tensor, weights: Sequence[float], const: float) -> torch.Tensor:
+    w_ss, w_st, w_tt = weights
+    s = sums.tolist() if sums.device.type == "cpu" else None
+    if s is not None:  # CPU: three floats, one tensor creation
+        return torch.tensor(w_ss * s[0] + 2.0 * w_st * s[1] + w_tt * s[2] + const,
+                            dtype=torch.float64)
+    w = torch.tensor([w_ss, 2.0 * w_st, w_tt], dtype=torch.float64, device=sums.device)
+    return (sums * w).sum() + const
+
+
+def _sweep(zs, n, factors, relative, weights, const, need_grad, backend):
+    sums, grads = backends.get(backend).mmd_sweep(zs, n, factors, relative, weights, need_grad)
+    return _value(sums, weights, const), grads
+
+
+class _FusedMMDFunction(torch.autograd.Function):
+    """Eager path: forward runs the sweep, backward scales the stored gradients."""
+
+    @staticmethod
+    def forward(ctx, n, factors, relative, weights, const, backend, out_dtype, *zs):
+        need_grad = any(ctx.needs_input_grad[7:])
+        value, grads = _sweep(zs, n, factors, relative, weights, const, need_grad, backend)
+        ctx.save_for_backward(*grads)
+        return value.to(out_dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grads = ctx.saved_tensors
+        if not grads:
+            return (None,) * len(ctx.needs_input_grad)
+        return (None,) * 7 + tuple(grad_out.to(g.dtype) * g for g in grads)
+
+
+def _split(flat: Sequence[float], counts: Sequence[int]) -> List[List[float]]:
+    out, start = [], 0
+    for c in counts:
+        out.append(list(flat[start : start + c]))
+        start += c
+    return out
+
+
+@torch.library.custom_op("dapkernels::mmd_fused", mutates_args=())
+def mmd_fused(
+    zs: List[torch.Tensor],
+    n: int,
+    factors: List[float],
+    counts: List[int],
+    relative: List[bool],
+    weights: List[float],
+    const: float,
+    need_grad: bool,
+    backend: str,
+) -> List[torch.Tensor]:
+    """Compiled path: returns ``[value (float64, 0-dim), *grads]``."""
+    value, grads = _sweep(
+        zs, n, _split(factors, counts), relative, weights, const, need_grad, backend
+    )
+    return [value.to(zs[0].device)] + [g.contiguous() for g in grads]
+
+
+@mmd_fused.register_fake
+def _(zs, n, factors, counts, relative, weights, const, need_grad, backend):
+    value = zs[0].new_empty((), dtype=torch.float64)
+    return [value] + ([torch.empty_like(z) for z in zs] if need_grad else [])
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.num_layers = len(inputs[0])
+    ctx.save_for_backward(*output[1:])
+
+
+def _backward(ctx, grad_outputs):
+    grad_value = grad_outputs[0]
+    grads = ctx.saved_tensors
+    zgrads = [grad_value.to(g.dtype) * g for g in grads] if grads else None
+    return zgrads, None, None, None, None, None, None, None, None
+
+
+mmd_fused.register_autograd(_backward, setup_context=_setup_context)
+
+
+def fused_mmd(
+    zs: Sequence[torch.Tensor],
+    n: int,
+    factors: Sequence[Sequence[float]],
+    relative: Sequence[bool],
+    weights: Sequence[float],
+    const: float,
+    backend: str,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
+    """``L`` as a 0-dim tensor of ``out_dtype``, differentiable w.r.t. every tensor in ``zs``."""
+    if torch.compiler.is_compiling():
+        need_grad = torch.is_grad_enabled() and any(z.requires_grad for z in zs)
+        flat = [float(f) for fs in factors for f in fs]
+        counts = [len(fs) for fs in factors]
+        out = mmd_fused(
+            list(zs), n, flat, counts, list(relative), list(weights), const, need_grad, backend
+        )
+        return out[0].to(out_dtype)
+    factors = tuple(tuple(fs) for fs in factors)
+    return _FusedMMDFunction.apply(
+        n, factors, tuple(relative), tuple(weights), const, backend, out_dtype, *zs
+    )
+
+
+def linear_mmd(
+    sources: Sequence[torch.Tensor],
+    targets: Sequence[torch.Tensor],
+    factors: Sequence[Sequence[float]],
+    relative: Sequence[bool],
+) -> torch.Tensor:
+    """DAN's linear-time estimate, O(N·d): plain torch ops, so autograd and compile just work.
+
+    ``(1/n) Σ_i [k(s_i, s_i') + k(t_i, t_i') − k(s_i, t_i') − k(s_i', t_i)]``, ``i' = (i+1) mod n``,
+    with ``k`` the product over layers of each layer's bank.  Bandwidths come from the full
+    concatenated batch, as for the quadratic estimators.
+    """
+    from ..backends.reference import mean_sq_distance
+
+    acc = torch.float64 if sources[0].dtype == torch.float64 else torch.float32
+
+    def bank(a: torch.Tensor, b: torch.Tensor, gam: torch.Tensor) -> torch.Tensor:
+        d = (a.to(acc) - b.to(acc)).square().sum(dim=1)
+        return torch.exp(-gam[:, None] * d[None]).sum(dim=0)
+
+    k_ss = k_tt = k_st = k_ts = None
+    for s, t, f, rel in zip(sources, targets, factors, relative):
+        fac = torch.tensor(f, dtype=torch.float64, device=s.device)
+        if rel:
+            fac = fac * mean_sq_distance(torch.cat([s, t]))
+        gam = (0.5 / fac).to(acc)
+        s_next, t_next = s.roll(-1, dims=0), t.roll(-1, dims=0)
+        terms = (bank(s, s_next, gam), bank(t, t_next, gam), bank(s, t_next, gam),
+                 bank(s_next, t, gam))
+        if k_ss is None:
+            k_ss, k_tt, k_st, k_ts = terms
+        else:
+            k_ss, k_tt, k_st, k_ts = (a * b for a, b in zip((k_ss, k_tt, k_st, k_ts), terms))
+    return (k_ss + k_tt - k_st - k_ts).mean()
