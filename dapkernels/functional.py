@@ -6,7 +6,7 @@ Shapes: features are (batch, features…) tensors, flattened to (batch, d).  ``n
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -53,9 +53,9 @@ def _out_dtype(dtype: torch.dtype) -> torch.dtype:
 def jmmd(
     sources: Sequence[torch.Tensor],
     targets: Sequence[torch.Tensor],
-    kernels: Optional[Sequence[GaussianKernels]] = None,
+    kernels: Sequence[GaussianKernels] | None = None,
     estimator: str = "unbiased",
-    backend: Optional[str] = None,
+    backend: str | None = None,
 ) -> torch.Tensor:
     """Joint MMD of JAN: MMD with the product kernel ``k(i, j) = Π_l k_l(z_{l,i}, z_{l,j})``.
 
@@ -85,7 +85,9 @@ def jmmd(
         kernels = [GaussianKernels()] * len(sources)
     kernels = list(kernels)
     if len(kernels) != len(sources):
-        raise ValueError(f"kernels must hold one bank per layer ({len(sources)}), got {len(kernels)}")
+        raise ValueError(
+            f"kernels must hold one bank per layer ({len(sources)}), got {len(kernels)}"
+        )
     for k in kernels:
         if not isinstance(k, GaussianKernels):
             raise TypeError(f"kernels must be GaussianKernels, got {type(k).__name__}")
@@ -121,9 +123,9 @@ def jmmd(
 def mmd(
     source: torch.Tensor,
     target: torch.Tensor,
-    kernels: Optional[GaussianKernels] = None,
+    kernels: GaussianKernels | None = None,
     estimator: str = "unbiased",
-    backend: Optional[str] = None,
+    backend: str | None = None,
 ) -> torch.Tensor:
     """Multi-kernel maximum mean discrepancy (MK-MMD, as in DAN) between two batches.
 

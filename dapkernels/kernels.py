@@ -7,8 +7,8 @@ Transfer-Learning-Library, with ``k_q(a, b) = exp(−‖a − b‖² / (2σ_q²)
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
 
 __all__ = ["GaussianKernels", "DEFAULT_ALPHAS"]
 
@@ -19,7 +19,7 @@ DEFAULT_ALPHAS = tuple(2.0**i for i in range(-3, 2))
 def _positive_floats(values: Sequence[float], name: str) -> tuple:
     try:
         out = tuple(float(v) for v in values)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise TypeError(f"{name} must be a sequence of numbers, got {values!r}") from exc
     if not out:
         raise ValueError(f"{name} must not be empty")
@@ -47,13 +47,13 @@ class GaussianKernels:
         sigmas: fixed bandwidths σ_q, or ``None``.
     """
 
-    alphas: Optional[tuple]
-    sigmas: Optional[tuple]
+    alphas: tuple | None
+    sigmas: tuple | None
 
     def __init__(
         self,
-        alphas: Optional[Sequence[float]] = None,
-        sigmas: Optional[Sequence[float]] = None,
+        alphas: Sequence[float] | None = None,
+        sigmas: Sequence[float] | None = None,
     ) -> None:
         if alphas is not None and sigmas is not None:
             raise ValueError("give either alphas or sigmas, not both")

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -25,9 +25,9 @@ class MMDLoss(nn.Module):
 
     def __init__(
         self,
-        kernels: Optional[GaussianKernels] = None,
+        kernels: GaussianKernels | None = None,
         estimator: str = "unbiased",
-        backend: Optional[str] = None,
+        backend: str | None = None,
     ) -> None:
         super().__init__()
         F._check_estimator(estimator, 2, 2)
@@ -53,9 +53,9 @@ class JMMDLoss(nn.Module):
 
     def __init__(
         self,
-        kernels: Optional[Sequence[GaussianKernels]] = None,
+        kernels: Sequence[GaussianKernels] | None = None,
         estimator: str = "unbiased",
-        backend: Optional[str] = None,
+        backend: str | None = None,
     ) -> None:
         super().__init__()
         F._check_estimator(estimator, 2, 2)

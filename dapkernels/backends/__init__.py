@@ -16,12 +16,12 @@ import importlib
 import os
 import warnings
 from types import ModuleType
-from typing import Optional
 
 import torch
 
 BACKENDS = ("reference", "cpu", "triton")
 _warned: set = set()
+_loaded: dict = {}
 
 
 def _warn_once(key: str, message: str) -> None:
@@ -30,8 +30,12 @@ def _warn_once(key: str, message: str) -> None:
         warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
-def resolve(backend: Optional[str], device: torch.device) -> str:
-    """Returns the backend name to use for tensors on ``device``."""
+@torch.compiler.assume_constant_result
+def resolve(backend: str | None, device: torch.device) -> str:
+    """Returns the backend name to use for tensors on ``device``.
+
+    Under ``torch.compile`` the answer is fixed when the graph is traced.
+    """
     name = backend if backend is not None else os.environ.get("DAPKERNELS_BACKEND") or None
     if name is not None:
         if name not in BACKENDS:
@@ -62,7 +66,10 @@ def available(name: str) -> bool:
 
 
 def get(name: str) -> ModuleType:
-    """Imports and returns the backend module ``dapkernels.backends.<name>``."""
-    if name not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
-    return importlib.import_module(f"dapkernels.backends.{name}")
+    """Imports (once) and returns the backend module ``dapkernels.backends.<name>``."""
+    module = _loaded.get(name)
+    if module is None:
+        if name not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+        module = _loaded[name] = importlib.import_module(f"dapkernels.backends.{name}")
+    return module

@@ -9,7 +9,7 @@ Memory is O(N²) per call: use it for N up to a few thousand.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -96,3 +96,58 @@ def mmd_sweep(
         grad = 4.0 * (c.sum(dim=1, keepdim=True) * z64 - c @ z64)
         grads.append(grad.to(zs[l].dtype))
     return sums, grads
+
+
+# ---- CORAL --------------------------------------------------------------------------------------
+
+
+def coral_sweep(
+    xs: torch.Tensor, xt: torch.Tensor, need_grad: bool, path: str = "cov"
+) -> tuple:
+    """Deep CORAL value ``‖C_s − C_t‖_F² / (4d²)`` and its gradient, in float64.
+
+    ``C = X̃ᵀX̃/(n − 1)`` with ``X̃`` the column-centred batch.  ``path="cov"`` (the oracle)
+    builds both d×d covariances; ``path="gram"`` uses the n×n Gram matrices of DESIGN §4
+    (the fallback for devices without a kernel, where d×d may not fit).  Gradients:
+    ``∂L/∂X̃_s = X̃_s D / ((n_s − 1) d²)``, ``∂L/∂X̃_t = −X̃_t D / ((n_t − 1) d²)`` with
+    ``D = C_s − C_t``, then centred (the adjoint of the centring).
+
+    Args:
+        xs: (n_s, d) source features, n_s ≥ 2.
+        xt: (n_t, d) target features, n_t ≥ 2.
+        need_grad: whether to return gradients.
+        path: ``"cov"`` or ``"gram"``.
+
+    Returns:
+        ``(value, grads)``: a float64 0-dim tensor and ``[∂L/∂xs, ∂L/∂xt]`` (input dtype), or
+        ``[]`` when ``need_grad`` is False.
+    """
+    check_finite(xs, "f_s")
+    check_finite(xt, "f_t")
+    zs = xs.detach().to(torch.float64)
+    zt = xt.detach().to(torch.float64)
+    zs = zs - zs.mean(dim=0, keepdim=True)
+    zt = zt - zt.mean(dim=0, keepdim=True)
+    a, b, d = zs.shape[0] - 1, zt.shape[0] - 1, zs.shape[1]
+    scale = 1.0 / (d * d)
+    if path == "cov":
+        diff = zs.T @ zs / a - zt.T @ zt / b
+        value = 0.25 * scale * diff.square().sum()
+        if not need_grad:
+            return value, []
+        gs, gt = (zs @ diff) * (scale / a), (zt @ diff) * (-scale / b)
+    elif path == "gram":
+        g_ss, g_tt, g_st = zs @ zs.T, zt @ zt.T, zs @ zt.T
+        value = 0.25 * scale * (
+            g_ss.square().sum() / a**2 + g_tt.square().sum() / b**2
+            - 2.0 * g_st.square().sum() / (a * b)
+        )
+        if not need_grad:
+            return value, []
+        gs = (g_ss @ zs / a**2 - g_st @ zt / (a * b)) * scale
+        gt = (g_tt @ zt / b**2 - g_st.T @ zs / (a * b)) * scale
+    else:
+        raise ValueError(f"path must be 'cov' or 'gram', got {path!r}")
+    gs = gs - gs.mean(dim=0, keepdim=True)
+    gt = gt - gt.mean(dim=0, keepdim=True)
+    return value, [gs.to(xs.dtype), gt.to(xt.dtype)]

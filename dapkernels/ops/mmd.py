@@ -7,7 +7,7 @@ backward pass only multiplies it by ``grad_output``.
 
 from __future__ import annotations
 
-from typing import List, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -47,7 +47,7 @@ class _FusedMMDFunction(torch.autograd.Function):
         return (None,) * 7 + tuple(grad_out.to(g.dtype) * g for g in grads)
 
 
-def _split(flat: Sequence[float], counts: Sequence[int]) -> List[List[float]]:
+def _split(flat: Sequence[float], counts: Sequence[int]) -> list[list[float]]:
     out, start = [], 0
     for c in counts:
         out.append(list(flat[start : start + c]))
@@ -57,16 +57,16 @@ def _split(flat: Sequence[float], counts: Sequence[int]) -> List[List[float]]:
 
 @torch.library.custom_op("dapkernels::mmd_fused", mutates_args=())
 def mmd_fused(
-    zs: List[torch.Tensor],
+    zs: list[torch.Tensor],
     n: int,
-    factors: List[float],
-    counts: List[int],
-    relative: List[bool],
-    weights: List[float],
+    factors: list[float],
+    counts: list[int],
+    relative: list[bool],
+    weights: list[float],
     const: float,
     need_grad: bool,
     backend: str,
-) -> List[torch.Tensor]:
+) -> list[torch.Tensor]:
     """Compiled path: returns ``[value (float64, 0-dim), *grads]``."""
     value, grads = _sweep(
         zs, n, _split(factors, counts), relative, weights, const, need_grad, backend
