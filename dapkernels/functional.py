@@ -18,6 +18,7 @@ from .ops.mmd import fused_mmd, linear_mmd
 __all__ = ["mmd", "jmmd"]
 
 ESTIMATORS = ("biased", "unbiased", "linear")
+_DEFAULT_KERNELS = GaussianKernels()
 
 
 def _estimator_weights(estimator: str, n: int, m: int, k0: float) -> tuple:
@@ -82,7 +83,7 @@ def jmmd(
             f"{len(sources)} and {len(targets)}"
         )
     if kernels is None:
-        kernels = [GaussianKernels()] * len(sources)
+        kernels = [_DEFAULT_KERNELS] * len(sources)
     kernels = list(kernels)
     if len(kernels) != len(sources):
         raise ValueError(
@@ -106,6 +107,12 @@ def jmmd(
                 f"every layer must share the batch: sources[{i}] has {s.shape[0]} rows "
                 f"(expected {n}), targets[{i}] has {t.shape[0]} (expected {m})"
             )
+    return _joint_mmd(srcs, tgts, kernels, estimator, backend)
+
+
+def _joint_mmd(srcs, tgts, kernels, estimator, backend) -> torch.Tensor:
+    """Estimator on validated (batch, d_l) layers: the linear one in torch, the others fused."""
+    n, m = srcs[0].shape[0], tgts[0].shape[0]
     _check_estimator(estimator, n, m)
     factors = [k.sigma2_factors for k in kernels]
     relative = [k.relative for k in kernels]
@@ -116,8 +123,8 @@ def jmmd(
         k0 *= k.num_kernels
     weights, const = _estimator_weights(estimator, n, m, k0)
     name = backends.resolve(backend, srcs[0].device)
-    zs = [torch.cat([s, t]) for s, t in zip(srcs, tgts)]
-    return fused_mmd(zs, n, factors, relative, weights, const, name, _out_dtype(zs[0].dtype))
+    out_dtype = _out_dtype(srcs[0].dtype)
+    return fused_mmd(srcs, tgts, factors, relative, weights, const, name, out_dtype)
 
 
 def mmd(
@@ -158,5 +165,5 @@ def mmd(
     s = as_features(source, "source")
     t = as_features(target, "target")
     check_same_space(s, t, "source", "target")
-    return jmmd([s], [t], None if kernels is None else [kernels], estimator, backend)
+    return _joint_mmd([s], [t], [kernels or _DEFAULT_KERNELS], estimator, backend)
 

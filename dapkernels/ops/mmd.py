@@ -30,21 +30,34 @@ def _sweep(zs, n, factors, relative, weights, const, need_grad, backend):
 
 
 class _FusedMMDFunction(torch.autograd.Function):
-    """Eager path: forward runs the sweep, backward scales the stored gradients."""
+    """Eager path: forward concatenates and sweeps, backward scales the stored gradients.
+
+    Inputs after the 7 constants are ``*sources, *targets``; concatenating inside forward keeps
+    the autograd graph to this one node.
+    """
 
     @staticmethod
-    def forward(ctx, n, factors, relative, weights, const, backend, out_dtype, *zs):
-        need_grad = any(ctx.needs_input_grad[7:])
+    def forward(ctx, n, factors, relative, weights, const, backend, out_dtype, *tensors):
+        layers = len(tensors) // 2
+        needs = ctx.needs_input_grad[7:]
+        need_grad = any(needs)
+        zs = [torch.cat([s, t]) for s, t in zip(tensors[:layers], tensors[layers:])]
         value, grads = _sweep(zs, n, factors, relative, weights, const, need_grad, backend)
+        ctx.n = n
         ctx.save_for_backward(*grads)
         return value.to(out_dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
         grads = ctx.saved_tensors
+        needs = ctx.needs_input_grad[7:]
         if not grads:
             return (None,) * len(ctx.needs_input_grad)
-        return (None,) * 7 + tuple(grad_out.to(g.dtype) * g for g in grads)
+        n = ctx.n
+        scaled = [grad_out.to(g.dtype) * g for g in grads]
+        src = [g[:n] if need else None for g, need in zip(scaled, needs)]
+        tgt = [g[n:] if need else None for g, need in zip(scaled, needs[len(grads):])]
+        return (None,) * 7 + tuple(src) + tuple(tgt)
 
 
 def _split(flat: Sequence[float], counts: Sequence[int]) -> list[list[float]]:
@@ -96,8 +109,8 @@ mmd_fused.register_autograd(_backward, setup_context=_setup_context)
 
 
 def fused_mmd(
-    zs: Sequence[torch.Tensor],
-    n: int,
+    sources: Sequence[torch.Tensor],
+    targets: Sequence[torch.Tensor],
     factors: Sequence[Sequence[float]],
     relative: Sequence[bool],
     weights: Sequence[float],
@@ -105,18 +118,27 @@ def fused_mmd(
     backend: str,
     out_dtype: torch.dtype,
 ) -> torch.Tensor:
-    """``L`` as a 0-dim tensor of ``out_dtype``, differentiable w.r.t. every tensor in ``zs``."""
+    """``L`` as a 0-dim tensor of ``out_dtype``, differentiable w.r.t. sources and targets.
+
+    Args:
+        sources, targets: per layer, (n, d_l) and (m, d_l) tensors (already validated).
+        factors, relative: per layer, the bank (see ``backends.reference.mmd_sweep``).
+        weights, const: ``L = w_ss S_ss + 2 w_st S_st + w_tt S_tt + const``.
+    """
+    n = sources[0].shape[0]
     if torch.compiler.is_compiling():
+        zs = [torch.cat([s, t]) for s, t in zip(sources, targets)]
         need_grad = torch.is_grad_enabled() and any(z.requires_grad for z in zs)
         flat = [float(f) for fs in factors for f in fs]
         counts = [len(fs) for fs in factors]
         out = mmd_fused(
-            list(zs), n, flat, counts, list(relative), list(weights), const, need_grad, backend
+            zs, n, flat, counts, list(relative), list(weights), const, need_grad, backend
         )
         return out[0].to(out_dtype)
     factors = tuple(tuple(fs) for fs in factors)
     return _FusedMMDFunction.apply(
-        n, factors, tuple(relative), tuple(weights), const, backend, out_dtype, *zs
+        n, factors, tuple(relative), tuple(weights), const, backend, out_dtype,
+        *sources, *targets,
     )
 
 
