@@ -16,7 +16,7 @@ from setuptools import setup
 
 
 def _compile_args() -> list:
-    args = ["-O3", "-fopenmp", "-fno-math-errno", "-fvisibility=hidden"]
+    args = ["-O3", "-fopenmp", "-fno-math-errno", "-ffp-contract=fast", "-fvisibility=hidden"]
     if os.environ.get("DAPKERNELS_DEBUG"):
         args = ["-O0", "-g", "-fopenmp"]
     return args
