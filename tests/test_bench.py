@@ -1,0 +1,157 @@
+"""The benchmark framework and ``bench mmd --quick`` (no wall times are asserted)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+
+import pytest
+import torch
+
+from dapkernels.bench import common
+from dapkernels.bench import mmd as bench_mmd
+from dapkernels.bench.cli import add_bench_parser
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+TINY = ["--sizes", "8", "16", "--dims", "16", "--floor-cases", "128:16", "--time-budget", "0"]
+
+
+def _bench_main(argv: list) -> int:
+    parser = argparse.ArgumentParser(prog="dapkernels")
+    add_bench_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def _positive_finite(value: object) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def test_bench_mmd_quick_end_to_end(tmp_path, capsys) -> None:
+    out = tmp_path / "mmd_cpu"
+    assert _bench_main(["bench", "mmd", "--quick", "--silent", "--out", str(out)] + TINY) == 0
+    printed = capsys.readouterr().out
+    assert "ours/floor" in printed and "vs (a) TLL" in printed
+    assert (out / "mmd.png").read_bytes()[:8] == PNG_MAGIC
+    payload = json.loads((out / "mmd.json").read_text())
+    assert {"benchmark", "machine", "config", "summary", "bars", "results"} <= payload.keys()
+    assert payload["benchmark"] == "mmd" and payload["config"]["quick"] is True
+    assert {"date", "cpu", "torch", "cpu_count", "device"} <= payload["machine"].keys()
+    comparison = payload["summary"]["comparison"]
+    assert [(r["b"], r["d"]) for r in comparison] == [(8, 16), (16, 16)]
+    for row in comparison:
+        for impl in bench_mmd.IMPLS:
+            assert _positive_finite(row[f"{impl}_s"])
+            assert row[f"{impl}_mem"] >= 0
+        for impl in bench_mmd.IMPLS[1:]:
+            assert _positive_finite(row[f"speedup_{impl}"])
+            assert _positive_finite(row[f"speedup_min_{impl}"])
+    (floor,) = payload["summary"]["floor"]
+    assert (floor["N"], floor["d"], floor["status"]) == (128, 16, "ok")
+    assert _positive_finite(floor["ratio"]) and _positive_finite(floor["ratio_min"])
+    assert _positive_finite(floor["floor_s"]) and floor["grad_bytes"] == 128 * 16 * 4
+    for res in payload["results"]:
+        assert res["status"] == "ok" and res["timings"]
+        assert res["mem_method"].startswith(("VmHWM", "ru_maxrss"))
+
+
+def test_bench_registers_mmd_with_common_options() -> None:
+    parser = argparse.ArgumentParser()
+    add_bench_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["bench", "mmd", "--device", "cpu", "--quick", "--sizes", "4"])
+    assert args.func is bench_mmd.run and args.sizes == [4] and args.quick
+    with pytest.raises(SystemExit):
+        parser.parse_args(["bench", "mmd", "--floor-cases", "12x3"])
+
+
+def test_case_over_budget_is_skipped_and_reported() -> None:
+    cases = bench_mmd.build_cases(torch.device("cpu"), [64], [2048], [], impls=["ours", "tll"])
+    results = common.run_cases(cases, torch.device("cpu"), isolate=False,
+                               mem_budget_bytes=256 * common.MiB)
+    by_name = {r["name"]: r for r in results}
+    assert by_name["ours"]["status"] == "ok"
+    assert by_name["tll"]["status"] == "skipped" and "budget" in by_name["tll"]["reason"]
+    summary = bench_mmd.summarize(results)
+    assert summary["comparison"][0]["speedup_tll"] is None
+    assert "skipped" in bench_mmd.report(summary, bench_mmd.evaluate_bars(summary))
+
+
+def test_isolated_case_runs_in_a_subprocess() -> None:
+    case = common.Case(group="g", name="ours", factory="dapkernels.bench.mmd:make_comparison",
+                       params={"impl": "ours", "n": 6, "m": 5, "d": 4}, time_budget_s=0.0)
+    res = common.run_case(case, torch.device("cpu"), isolate=True, mem_budget_bytes=common.GiB)
+    assert res["status"] == "ok", res
+    assert res["timings"]["ours"]["repeats"] == 3 and _positive_finite(res["median_s"])
+
+
+def test_failed_subprocess_is_reported(monkeypatch) -> None:
+    def killed(*args, **kwargs) -> subprocess.CompletedProcess:
+        return subprocess.CompletedProcess(args, -9, stdout="", stderr="boom\n")
+
+    monkeypatch.setattr(common.subprocess, "run", killed)
+    case = common.Case(group="g", name="x", factory="dapkernels.bench.mmd:make_comparison")
+    res = common.run_case(case, torch.device("cpu"), isolate=True, mem_budget_bytes=common.GiB)
+    assert res["status"] == "failed"
+    assert "out of memory" in res["reason"] and "boom" in res["reason"]
+
+
+def test_peak_growth_sees_an_allocation() -> None:
+    def step() -> None:
+        torch.ones(16 * 2**20).sum()  # 64 MiB, touched
+
+    step()
+    growth, method, seconds = common.measure_peak_growth(step, torch.device("cpu"))
+    assert seconds > 0
+    if method.startswith("VmHWM"):
+        assert 56 * common.MiB <= growth <= 200 * common.MiB
+
+
+def test_time_callable_repeats() -> None:
+    calls = []
+    timing = common.time_callable(lambda: calls.append(1), torch.device("cpu"), warmup=2,
+                                  min_repeats=4, max_repeats=6, time_budget_s=0.0)
+    assert timing["repeats"] == 4 and len(calls) == 6
+    assert 0 <= timing["min_s"] <= timing["median_s"]
+
+
+def test_quick_comparison_for_the_demo(monkeypatch) -> None:
+    monkeypatch.setattr(bench_mmd, "QUICK_SIZES", (6,))
+    monkeypatch.setattr(bench_mmd, "QUICK_DIMS", (5,))
+    rows = bench_mmd.quick_mmd_comparison()
+    assert len(rows) == 1 and (rows[0]["b"], rows[0]["d"]) == (6, 5)
+    assert all(_positive_finite(rows[0][f"speedup_{i}"]) for i in bench_mmd.IMPLS[1:])
+
+
+def test_bars_logic() -> None:
+    summary = {
+        "comparison": [
+            {"b": 32, "d": 256, "speedup_tll": 12.0, "speedup_torch": 4.0},
+            {"b": 512, "d": 256, "speedup_torch": 3.5},
+        ],
+        "floor": [
+            {"N": 16384, "d": 256, "status": "ok", "ratio": 0.8, "ratio_min": 0.7,
+             "peak_mem_bytes": 40 * common.MiB, "grad_bytes": 16 * common.MiB, "ours_s": 1.0},
+            {"N": 65536, "d": 64, "status": "ok", "ratio": 1.0, "ratio_min": 1.0,
+             "peak_mem_bytes": 1, "grad_bytes": 1, "ours_s": 3.0},
+        ],
+    }
+    met = {b["bar"]: b["met"] for b in bench_mmd.evaluate_bars(summary)}
+    assert met == {
+        "b=32+32 d=256: ours >= 10x faster than (a) TLL": True,
+        "b=32+32 d=256: ours >= 5x faster than (c) torch": False,
+        "b=512+512 d=256: ours >= 3x faster than (c) torch": True,
+        "N=16384 d=256: ours <= 0.9x GEMM floor": True,
+        "N=16384 d=256: peak growth beyond gradient <= 64 MiB": True,
+        "N=65536 d=64 completes": True,
+    }
+
+
+def test_format_helpers() -> None:
+    table = common.format_table([{"a": "x", "b": 1}, {"a": "long", "b": 22}],
+                                [("A", "a"), ("B", lambda r: f"{r['b']}!")])
+    lines = table.splitlines()
+    assert lines[0].split() == ["A", "B"] and lines[3].split() == ["long", "22!"]
+    assert common.format_seconds(0.0012) == "1.2 ms" and common.format_seconds(None) == "-"
+    assert common.format_bytes(3 * common.MiB) == "3 MiB"
