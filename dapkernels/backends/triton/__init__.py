@@ -1,0 +1,14 @@
+"""Triton backend: fused GPU kernels with the contract of ``backends.reference``.
+
+Importing it raises ImportError when triton is missing, which ``backends.available`` turns
+into the reference fallback (with a warning) for CUDA tensors.  Under ``TRITON_INTERPRET=1``
+(set before this package is first imported) the same kernels run on CPU tensors.
+"""
+
+from __future__ import annotations
+
+import triton  # noqa: F401  (ImportError here marks the backend unavailable)
+
+from .mmd import mmd_sweep
+
+__all__ = ["mmd_sweep"]

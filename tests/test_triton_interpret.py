@@ -1,0 +1,191 @@
+"""Triton MMD / JMMD kernels against the float64 reference backend.
+
+Without a GPU the kernels run in the Triton interpreter on CPU tensors: one test re-runs this
+module in a subprocess with ``TRITON_INTERPRET=1`` (the flag must be set before triton is
+imported, which the rest of the suite may already have done).  With a GPU (and no
+``TRITON_INTERPRET``) the same tests run compiled kernels on CUDA tensors.
+
+Tolerances.  The estimate ``w_ss S_ss + 2 w_st S_st + w_tt S_tt`` can be ~0 while its terms are
+O(1), so value errors are relative to the scale of the terms ``|w_ss S_ss| + |2 w_st S_st| +
+|w_tt S_tt|`` (≤ 1e-5); gradients are relative to the reference gradient's norm (≤ 1e-4);
+float16 / bfloat16 inputs ≤ 1e-2 for both.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+ON_GPU = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1"
+#: Where the kernels run in this process: compiled on a GPU, or interpreted on CPU tensors.
+RUN_HERE = ON_GPU or os.environ.get("TRITON_INTERPRET") == "1"
+pytest.importorskip("triton")
+
+import dapkernels as dk  # noqa: E402
+from dapkernels.backends import get, reference  # noqa: E402
+
+DEVICE = "cuda" if ON_GPU else "cpu"
+ALPHAS = [2.0**i for i in range(-3, 2)]
+TRITON = get("triton")
+here = pytest.mark.skipif(not RUN_HERE, reason="runs in the TRITON_INTERPRET=1 subprocess")
+
+
+@pytest.mark.skipif(RUN_HERE, reason="this process runs the kernels itself")
+def test_interpreter_subprocess():
+    """Runs this module again with TRITON_INTERPRET=1 in a fresh interpreter.
+
+    Triton reads the flag when it and the kernels are decorated (its own ``tl.zeros`` & co.
+    included), so it cannot be switched on in a process where triton is already imported.
+    """
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
+        env=env, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+
+
+def _sweep_errors(zs, n, factors, relative, weights, need_grad, dtype=torch.float32):
+    """(value error relative to the term scale, [gradient error relative to its norm])."""
+    zs = [z.to(device=DEVICE, dtype=dtype) for z in zs]
+    sums, grads = TRITON.mmd_sweep(zs, n, factors, relative, weights, need_grad)
+    ref_sums, ref_grads = reference.mmd_sweep(
+        [z.cpu().double() for z in zs], n, factors, relative, weights, need_grad
+    )
+    assert sums.device == zs[0].device and sums.dtype == torch.float64
+    w = torch.tensor(weights, dtype=torch.float64) * torch.tensor([1.0, 2.0, 1.0])
+    scale = (w * ref_sums).abs().sum()
+    value_err = float((w * (sums.cpu() - ref_sums)).sum().abs() / scale)
+    grad_errs = []
+    for g, rg, z in zip(grads, ref_grads, zs):
+        assert g.shape == z.shape and g.dtype == z.dtype and g.device == z.device
+        grad_errs.append(float((g.cpu().double() - rg).norm() / rg.norm()))
+    return value_err, grad_errs
+
+
+UNBIASED = lambda n, m: (1.0 / (n * (n - 1)), -1.0 / (n * m), 1.0 / (m * (m - 1)))  # noqa: E731
+
+
+@here
+@pytest.mark.parametrize(
+    "n,m,d",
+    [(5, 7, 3), (2, 2, 1), (70, 80, 1), (33, 40, 127), (9, 14, 1000)],
+)
+@pytest.mark.parametrize("need_grad", [True, False])
+def test_mmd_sweep_matches_reference(n, m, d, need_grad):
+    torch.manual_seed(n * 1000 + d)
+    z = torch.cat([torch.randn(n, d) + 0.5, 1.3 * torch.randn(m, d)])
+    value_err, grad_errs = _sweep_errors([z], n, [ALPHAS], [True], UNBIASED(n, m), need_grad)
+    assert value_err <= 1e-5
+    assert len(grad_errs) == (1 if need_grad else 0)
+    assert all(e <= 1e-4 for e in grad_errs)
+
+
+@here
+def test_general_bank_and_offset_data():
+    """Bandwidths that are not a doubling series take one exp per kernel; a far-away mean."""
+    torch.manual_seed(1)
+    z = 1e3 + torch.randn(45, 17)
+    for factors, relative in (([0.7, 1.9, 5.0], True), ([8.0, 30.0], False)):
+        value_err, grad_errs = _sweep_errors([z], 20, [factors], [relative], UNBIASED(20, 25), True)
+        assert value_err <= 1e-5 and grad_errs[0] <= 1e-4
+
+
+@here
+def test_jmmd_layers():
+    torch.manual_seed(2)
+    n, m = 19, 26
+    z1 = torch.randn(n + m, 48) * 2.0 + 1.0
+    z2 = torch.softmax(torch.randn(n + m, 31), dim=1)
+    z3 = torch.randn(n + m, 5)
+    factors = [ALPHAS, [0.5, 2.0], [1.0, 4.0]]
+    relative = [True, False, True]
+    for need_grad in (True, False):
+        value_err, grad_errs = _sweep_errors(
+            [z1, z2, z3], n, factors, relative, (1 / n**2, -1 / (n * m), 1 / m**2), need_grad
+        )
+        assert value_err <= 1e-5
+        assert all(e <= 1e-4 for e in grad_errs)
+
+
+@here
+def test_identical_rows_use_unit_bandwidth():
+    z = torch.ones(10, 4)
+    sums, grads = TRITON.mmd_sweep([z.to(DEVICE)], 4, [ALPHAS], [True], UNBIASED(4, 6), True)
+    ref_sums, _ = reference.mmd_sweep([z.double()], 4, [ALPHAS], [True], UNBIASED(4, 6), True)
+    torch.testing.assert_close(sums.cpu(), ref_sums)
+    assert float(grads[0].abs().max()) == 0.0
+
+
+@here
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_inputs(dtype):
+    if dtype == torch.bfloat16 and not ON_GPU:
+        pytest.skip("triton 3.9 interpreter: tl.dot on bfloat16 multiplies the raw bit patterns")
+    torch.manual_seed(3)
+    n, m = 30, 41
+    z = torch.cat([torch.randn(n, 127) + 0.3, torch.randn(m, 127)])
+    value_err, grad_errs = _sweep_errors([z], n, [ALPHAS], [True], UNBIASED(n, m), True, dtype)
+    assert value_err <= 1e-2 and grad_errs[0] <= 1e-2
+
+
+def _leaves(args: dict) -> list:
+    return [x for v in args.values() for x in (v if isinstance(v, list) else [v])
+            if isinstance(x, torch.Tensor)]
+
+
+def _as_reference(v):
+    if isinstance(v, list):
+        return [_as_reference(x) for x in v]
+    if isinstance(v, torch.Tensor):
+        return v.detach().cpu().double().requires_grad_()
+    return v
+
+
+@here
+@pytest.mark.parametrize("estimator", ["unbiased", "biased"])
+def test_functional_mmd_and_jmmd_through_the_op(estimator):
+    """dk.mmd / dk.jmmd with backend="triton": values and autograd gradients."""
+    torch.manual_seed(4)
+    s = torch.randn(12, 3, 5, device=DEVICE).requires_grad_()
+    t = (torch.randn(17, 3, 5, device=DEVICE) + 0.4).requires_grad_()
+    p = torch.softmax(torch.randn(12, 7, device=DEVICE), 1).requires_grad_()
+    q = torch.softmax(torch.randn(17, 7, device=DEVICE), 1).requires_grad_()
+    banks = [dk.GaussianKernels(), dk.GaussianKernels(sigmas=[0.3, 1.0])]
+    for fn, args in (
+        (dk.mmd, dict(source=s, target=t)),
+        (dk.jmmd, dict(sources=[s, p], targets=[t, q], kernels=banks)),
+    ):
+        out = fn(**args, estimator=estimator, backend="triton")
+        grads = torch.autograd.grad(out, _leaves(args))
+        ref_args = {k: _as_reference(v) for k, v in args.items()}
+        ref = fn(**ref_args, estimator=estimator, backend="reference")
+        ref_grads = torch.autograd.grad(ref, _leaves(ref_args))
+        assert out.device.type == DEVICE and out.dtype == torch.float32
+        assert abs(float(out) - float(ref)) <= 1e-5 * max(1.0, abs(float(ref)))
+        for g, rg in zip(grads, ref_grads):
+            assert g.device.type == DEVICE
+            assert float((g.cpu().double() - rg).norm()) <= 1e-4 * float(rg.norm())
+
+
+@here
+def test_too_many_layers_is_an_error():
+    z = torch.randn(6, 2, device=DEVICE)
+    with pytest.raises(ValueError, match="at most 8 layers"):
+        TRITON.mmd_sweep([z] * 9, 3, [ALPHAS] * 9, [True] * 9, UNBIASED(3, 3), False)
+
+
+@pytest.mark.skipif(not ON_GPU, reason="needs a CUDA device")
+def test_cuda_tensors_pick_triton_by_default():
+    from dapkernels import backends
+
+    assert backends.resolve(None, torch.device("cuda")) == "triton"
+    s = torch.randn(32, 256, device="cuda", requires_grad=True)
+    out = dk.mmd(s, torch.randn(32, 256, device="cuda"))
+    out.backward()
+    assert out.is_cuda and s.grad.is_cuda
