@@ -54,6 +54,7 @@ __all__ = [
     "FULL_FLOOR_CASES",
     "make_comparison",
     "make_floor",
+    "estimate_bytes",
     "build_cases",
     "summarize",
     "evaluate_bars",
@@ -135,7 +136,7 @@ def _ours_fused(device: torch.device) -> bool:
     return backends.available("triton")
 
 
-def _estimate_bytes(impl: str, n_total: int, d: int, device: torch.device) -> int:
+def estimate_bytes(impl: str, n_total: int, d: int, device: torch.device) -> int:
     """Peak memory of one forward+backward call (float32), from the tensors each keeps."""
     q, nn = len(GaussianKernels().alphas), n_total * n_total
     if impl == "ours":
@@ -175,7 +176,7 @@ def build_cases(
                 cases.append(Case(
                     group=f"b={b} d={d}", name=impl, factory=f"{_FACTORY}:make_comparison",
                     params={"impl": impl, "n": b, "m": b, "d": d},
-                    est_bytes=_estimate_bytes(impl, 2 * b, d, device),
+                    est_bytes=estimate_bytes(impl, 2 * b, d, device),
                     time_budget_s=time_budget_s,
                 ))
     for n_total, d in floor_cases:
@@ -183,7 +184,7 @@ def build_cases(
         cases.append(Case(
             group=f"N={n_total} d={d}", name="floor", factory=f"{_FACTORY}:make_floor",
             params={"n_total": n_total, "d": d},
-            est_bytes=_estimate_bytes("ours", n_total, d, device)
+            est_bytes=estimate_bytes("ours", n_total, d, device)
             + _floor_block_rows(n_total) * n_total * 4,
             min_repeats=2 if big else 3, time_budget_s=0.0 if big else time_budget_s,
         ))
