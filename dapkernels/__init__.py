@@ -1,12 +1,38 @@
 """dapkernels: fused kernels and metrics for deep domain adaptation.
 
-Public API (see DESIGN §2): ``GaussianKernels``, ``mmd`` / ``MMDLoss``, ``jmmd`` / ``JMMDLoss``.
+Public API (see DESIGN §2): ``GaussianKernels``, ``mmd`` / ``MMDLoss``, ``jmmd`` / ``JMMDLoss``,
+``coral`` / ``CORALLoss``, ``grad_reverse`` / ``GradientReversal`` /
+``WarmStartGradientReversal``, ``DomainDiscriminator`` / ``DomainAdversarialLoss``,
+``RunningCovariance``.
 """
 
-from .functional import jmmd, mmd
+from .adversarial import DomainAdversarialLoss, DomainDiscriminator
+from .covariance import RunningCovariance
+from .functional import coral, grad_reverse, jmmd, mmd
 from .kernels import GaussianKernels
-from .losses import JMMDLoss, MMDLoss
+from .losses import (
+    CORALLoss,
+    GradientReversal,
+    JMMDLoss,
+    MMDLoss,
+    WarmStartGradientReversal,
+)
 
 __version__ = "0.1.0"
 
-__all__ = ["GaussianKernels", "mmd", "jmmd", "MMDLoss", "JMMDLoss", "__version__"]
+__all__ = [
+    "GaussianKernels",
+    "mmd",
+    "jmmd",
+    "MMDLoss",
+    "JMMDLoss",
+    "coral",
+    "CORALLoss",
+    "grad_reverse",
+    "GradientReversal",
+    "WarmStartGradientReversal",
+    "DomainDiscriminator",
+    "DomainAdversarialLoss",
+    "RunningCovariance",
+    "__version__",
+]

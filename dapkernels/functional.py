@@ -13,9 +13,11 @@ import torch
 from . import backends
 from ._validation import as_features, check_same_space
 from .kernels import GaussianKernels
+from .ops.coral import fused_coral, log_coral
+from .ops.grl import grad_reverse
 from .ops.mmd import fused_mmd, linear_mmd
 
-__all__ = ["mmd", "jmmd"]
+__all__ = ["mmd", "jmmd", "coral", "grad_reverse"]
 
 ESTIMATORS = ("biased", "unbiased", "linear")
 _DEFAULT_KERNELS = GaussianKernels()
@@ -166,4 +168,55 @@ def mmd(
     t = as_features(target, "target")
     check_same_space(s, t, "source", "target")
     return _joint_mmd([s], [t], [kernels or _DEFAULT_KERNELS], estimator, backend)
+
+
+def coral(
+    f_s: torch.Tensor,
+    f_t: torch.Tensor,
+    log: bool = False,
+    eps: float = 1e-5,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Deep CORAL loss between a source and a target batch.
+
+    With ``X̃`` the column-centred (n, d) batch and ``C = X̃ᵀX̃ / (n − 1)``::
+
+        coral(f_s, f_t) = ‖C_s − C_t‖_F² / (4d²)
+
+    ``n_s ≠ n_t`` is allowed.  The CPU kernel picks, by cost, the d×d covariance path
+    (~1.5·N·d² flops) or the Gram path (~1.5·N²·d flops, N×N memory, N = n_s + n_t), which
+    never builds a d×d matrix when N < d; both are exact.  Centring happens before any product
+    (float64 means), so a large common offset in the features costs no precision.  The gradient
+    is computed in the same call as the value.
+
+    ``log=True`` gives the log-Euclidean variant ``‖log C_s − log C_t‖_F² / (4d²)`` with
+    ``log C = V diag(log max(λ, eps)) Vᵀ`` (``torch.linalg.eigh`` in float64; eigenvalues
+    below ``eps`` are floored, so rank-deficient covariances, n ≤ d, stay finite).  It always
+    builds d×d matrices (O(d³)) and runs in plain torch.
+
+    Args:
+        f_s: (n_s, …) source features, n_s ≥ 2; flattened to (n_s, d).
+        f_t: (n_t, …) target features, n_t ≥ 2; same d, dtype and device.
+        log: log-Euclidean variant.
+        eps: eigenvalue floor of the log variant.
+        backend: force ``"reference"``, ``"cpu"`` or ``"triton"`` (default: by device, or the
+            ``DAPKERNELS_BACKEND`` environment variable).
+
+    Returns:
+        0-dim tensor (float32 for half-precision inputs, else the input dtype).
+    """
+    s = as_features(f_s, "f_s")
+    t = as_features(f_t, "f_t")
+    check_same_space(s, t, "f_s", "f_t")
+    if s.shape[0] < 2 or t.shape[0] < 2:
+        raise ValueError(
+            f"CORAL estimates covariances and needs at least 2 samples per domain, got f_s "
+            f"batch {s.shape[0]} and f_t batch {t.shape[0]}"
+        )
+    if log:
+        if not eps > 0:
+            raise ValueError(f"eps must be positive, got {eps}")
+        return log_coral(s, t, float(eps), _out_dtype(s.dtype))
+    name = backends.resolve(backend, s.device)
+    return fused_coral(s, t, name, _out_dtype(s.dtype))
 

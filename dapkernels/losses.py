@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -11,7 +12,13 @@ from torch import nn
 from . import functional as F
 from .kernels import GaussianKernels
 
-__all__ = ["MMDLoss", "JMMDLoss"]
+__all__ = [
+    "MMDLoss",
+    "JMMDLoss",
+    "CORALLoss",
+    "GradientReversal",
+    "WarmStartGradientReversal",
+]
 
 
 class MMDLoss(nn.Module):
@@ -70,3 +77,119 @@ class JMMDLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"kernels={self.kernels}, estimator={self.estimator!r}"
+
+
+class CORALLoss(nn.Module):
+    """Deep CORAL loss ``‖C_s − C_t‖_F² / (4d²)``; see :func:`dapkernels.coral`.
+
+    Example::
+
+        loss_fn = CORALLoss()
+        loss = loss_fn(f_s, f_t)       # f_s: (n_s, d), f_t: (n_t, d) -> 0-dim tensor
+    """
+
+    def __init__(self, log: bool = False, eps: float = 1e-5, backend: str | None = None) -> None:
+        super().__init__()
+        self.log = log
+        self.eps = eps
+        self.backend = backend
+
+    def forward(self, f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
+        return F.coral(f_s, f_t, self.log, self.eps, self.backend)
+
+    def extra_repr(self) -> str:
+        return f"log={self.log}" + (f", eps={self.eps}" if self.log else "")
+
+
+class GradientReversal(nn.Module):
+    """Identity forward, ``−coeff · grad`` backward; see :func:`dapkernels.grad_reverse`.
+
+    A tensor ``coeff`` is kept as a buffer (it follows ``.to(device)`` and ``state_dict``) and
+    may be changed in place (``layer.coeff.fill_(v)``) without recompiling a compiled model;
+    a float ``coeff`` is a constant of the compiled graph.
+    """
+
+    def __init__(self, coeff: float | torch.Tensor = 1.0) -> None:
+        super().__init__()
+        if isinstance(coeff, torch.Tensor):
+            self.register_buffer("coeff", coeff.detach().clone())
+        else:
+            self.coeff = float(coeff)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.grad_reverse(x, self.coeff)
+
+    def extra_repr(self) -> str:
+        return f"coeff={self.coeff}"
+
+
+class WarmStartGradientReversal(nn.Module):
+    """Gradient reversal whose coefficient ramps from ``lo`` to ``hi`` (the DANN schedule).
+
+    At iteration ``i`` (``i`` counts :meth:`step` calls)::
+
+        coeff(i) = 2(hi − lo) / (1 + exp(−alpha · i / max_iters)) − (hi − lo) + lo
+
+    ``coeff(0) = lo`` and ``coeff(i) → hi`` as ``i`` grows.  With ``clamp=True`` the value is
+    held at ``coeff(max_iters)`` from ``max_iters`` on.  The counter is a buffer, so
+    ``state_dict`` round-trips it; the coefficient used in ``forward`` is computed from that
+    buffer with tensor ops, so a compiled model does not recompile as it changes.
+    ``auto_step=True`` advances the counter after every ``forward``.
+    """
+
+    num_iters: torch.Tensor
+
+    def __init__(
+        self,
+        alpha: float = 1.0,
+        lo: float = 0.0,
+        hi: float = 1.0,
+        max_iters: int = 1000,
+        auto_step: bool = False,
+        clamp: bool = False,
+    ) -> None:
+        super().__init__()
+        if max_iters <= 0:
+            raise ValueError(f"max_iters must be positive, got {max_iters}")
+        self.alpha, self.lo, self.hi = float(alpha), float(lo), float(hi)
+        self.max_iters = int(max_iters)
+        self.auto_step = auto_step
+        self.clamp = clamp
+        self.register_buffer("num_iters", torch.zeros((), dtype=torch.int64))
+
+    def coeff_at(self, i: int) -> float:
+        """The schedule at iteration ``i`` as a Python float."""
+        if self.clamp:
+            i = min(i, self.max_iters)
+        span = self.hi - self.lo
+        return 2.0 * span / (1.0 + math.exp(-self.alpha * i / self.max_iters)) - span + self.lo
+
+    @property
+    def coeff(self) -> float:
+        """The coefficient the next ``forward`` uses."""
+        return self.coeff_at(int(self.num_iters))
+
+    def _coeff_tensor(self) -> torch.Tensor:
+        i = self.num_iters.to(torch.float64)
+        if self.clamp:
+            i = i.clamp(max=float(self.max_iters))
+        span = self.hi - self.lo
+        return 2.0 * span / (1.0 + torch.exp(-self.alpha * i / self.max_iters)) - span + self.lo
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.grad_reverse(x, self._coeff_tensor())
+        if self.auto_step:
+            self.step()
+        return y
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """Advances the iteration counter by one."""
+        self.num_iters.add_(1)
+
+    def extra_repr(self) -> str:
+        return (
+            f"alpha={self.alpha}, lo={self.lo}, hi={self.hi}, max_iters={self.max_iters}, "
+            f"auto_step={self.auto_step}, clamp={self.clamp}"
+        )
+

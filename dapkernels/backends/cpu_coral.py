@@ -1,0 +1,42 @@
+"""CPU backend for CORAL: a thin wrapper that hands raw pointers to ``dapkernels._C``.
+
+One C++ call returns the value and, when asked, writes both gradients (see csrc/coral.cpp).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .. import _C
+
+PATHS = {"auto": 0, "gram": 1, "cov": 2}
+
+
+def coral_sweep(
+    xs: torch.Tensor, xt: torch.Tensor, need_grad: bool, path: str = "auto"
+) -> tuple:
+    """Same contract as :func:`dapkernels.backends.reference.coral_sweep`.
+
+    ``path="auto"`` picks the Gram path when ``n_s + n_t < d`` (cost ~1.5 N²d and N² memory),
+    else the d×d covariance path (~1.5 N d²); both are exact.  Inputs: CPU, float32 or float64,
+    rows with unit column stride (other layouts are copied once).
+    """
+    xs, xt = xs.detach(), xt.detach()
+    if xs.stride(-1) != 1:
+        xs = xs.contiguous()
+    if xt.stride(-1) != 1:
+        xt = xt.contiguous()
+    if need_grad:
+        gs, gt = torch.empty_like(xs, memory_format=torch.contiguous_format), torch.empty_like(
+            xt, memory_format=torch.contiguous_format
+        )
+        gs_ptr, gt_ptr = gs.data_ptr(), gt.data_ptr()
+    else:
+        gs_ptr = gt_ptr = 0
+    value, _ = _C.coral_sweep(
+        xs.data_ptr(), xs.shape[0], xs.shape[1], xs.stride(0), xs.stride(1),
+        xt.data_ptr(), xt.shape[0], xt.shape[1], xt.stride(0), xt.stride(1),
+        "float32" if xs.dtype == torch.float32 else "float64",
+        gs_ptr, gt_ptr, need_grad, PATHS[path],
+    )
+    return torch.tensor(value, dtype=torch.float64), ([gs, gt] if need_grad else [])
