@@ -54,7 +54,8 @@ def test_bench_mmd_quick_end_to_end(tmp_path, capsys) -> None:
     assert _positive_finite(floor["floor_s"]) and floor["grad_bytes"] == 128 * 16 * 4
     for res in payload["results"]:
         assert res["status"] == "ok" and res["timings"]
-        assert res["mem_method"].startswith(("VmHWM", "ru_maxrss"))
+        for timing in res["timings"].values():
+            assert timing["mem_method"].startswith(("VmHWM", "ru_maxrss"))
 
 
 def test_bench_registers_mmd_with_common_options() -> None:
@@ -67,23 +68,33 @@ def test_bench_registers_mmd_with_common_options() -> None:
 
 
 def test_case_over_budget_is_skipped_and_reported() -> None:
-    cases = bench_mmd.build_cases(torch.device("cpu"), [64], [2048], [], impls=["ours", "tll"])
-    results = common.run_cases(cases, torch.device("cpu"), isolate=False,
-                               mem_budget_bytes=256 * common.MiB)
-    by_name = {r["name"]: r for r in results}
-    assert by_name["ours"]["status"] == "ok"
-    assert by_name["tll"]["status"] == "skipped" and "budget" in by_name["tll"]["reason"]
+    cpu = torch.device("cpu")
+    cases, skipped = bench_mmd.build_cases(cpu, [64], [2048], [], impls=["ours", "tll"],
+                                           time_budget_s=0.0, mem_budget_bytes=256 * common.MiB)
+    assert [c.params["impls"] for c in cases] == [["ours"]]
+    assert [s["name"] for s in skipped] == ["tll"] and skipped[0]["status"] == "skipped"
+    assert "budget" in skipped[0]["reason"]
+    results = skipped + common.run_cases(cases, cpu, isolate=False)
     summary = bench_mmd.summarize(results)
+    assert summary["comparison"][0]["ours_s"] > 0 and summary["comparison"][0]["tll_s"] is None
     assert summary["comparison"][0]["speedup_tll"] is None
     assert "skipped" in bench_mmd.report(summary, bench_mmd.evaluate_bars(summary))
+    (floor,) = common.run_cases([common.Case("g", "floor", "x:y", est_bytes=2)], cpu,
+                                mem_budget_bytes=1)
+    assert floor["status"] == "skipped"
 
 
 def test_isolated_case_runs_in_a_subprocess() -> None:
-    case = common.Case(group="g", name="ours", factory="dapkernels.bench.mmd:make_comparison",
-                       params={"impl": "ours", "n": 6, "m": 5, "d": 4}, time_budget_s=0.0)
+    case = common.Case(group="g", name="cmp", factory="dapkernels.bench.mmd:make_comparison",
+                       params={"impls": ["ours", "torch"], "n": 6, "m": 5, "d": 4},
+                       time_budget_s=0.0)
     res = common.run_case(case, torch.device("cpu"), isolate=True, mem_budget_bytes=common.GiB)
     assert res["status"] == "ok", res
-    assert res["timings"]["ours"]["repeats"] == 3 and _positive_finite(res["median_s"])
+    assert list(res["timings"]) == ["ours", "torch"]
+    for timing in res["timings"].values():
+        assert timing["repeats"] >= 3 and _positive_finite(timing["median_s"])
+        assert timing["peak_mem_bytes"] >= 0
+    assert res["median_s"] == res["timings"]["ours"]["median_s"]
 
 
 def test_failed_subprocess_is_reported(monkeypatch) -> None:
@@ -112,8 +123,18 @@ def test_time_callable_repeats() -> None:
     calls = []
     timing = common.time_callable(lambda: calls.append(1), torch.device("cpu"), warmup=2,
                                   min_repeats=4, max_repeats=6, time_budget_s=0.0)
-    assert timing["repeats"] == 4 and len(calls) == 6
+    assert 4 <= timing["repeats"] <= 6 and len(calls) == 2 + timing["repeats"]
     assert 0 <= timing["min_s"] <= timing["median_s"]
+
+
+def test_time_interleaved_alternates() -> None:
+    log = []
+    timings = common.time_interleaved(
+        {"a": lambda: log.append("a"), "b": lambda: log.append("b")}, torch.device("cpu"),
+        min_repeats=3, max_repeats=3, time_budget_s=0.0, slice_s=0.0,
+    )
+    assert log == ["a", "b"] * 3
+    assert timings["a"]["repeats"] == timings["b"]["repeats"] == 3
 
 
 def test_quick_comparison_for_the_demo(monkeypatch) -> None:

@@ -2,34 +2,36 @@
 
 A benchmark is a list of :class:`Case` objects.  A case names a *factory*, an importable
 ``"package.module:function"`` called as ``factory(device, **params)``; the factory builds the
-inputs and returns an ordered ``dict`` of zero-argument callables, each running one complete
-step to be timed (typically forward + backward).  The first callable is the *primary* one: its
-time and its peak memory growth are the case's figures; the others (e.g. a GEMM floor on the
-same inputs) are timed in the same process right after it.
+inputs once and returns an ordered ``dict`` ``{label: callable}`` of zero-argument callables,
+each running one complete step on those inputs (typically forward + backward of one
+implementation; or a reference such as a GEMM floor).  All callables of a case are measured
+side by side in one process, so the figures of a case are directly comparable.
 
 :func:`run_cases` measures every case and returns plain dicts (JSON-ready):
 
-* **Time** (:func:`time_callable`): ``warmup`` untimed calls, then repeated calls until both
-  ``min_repeats`` samples and ``time_budget_s`` seconds are reached (at most ``max_repeats``);
-  median and min of the samples.  CPU: ``time.perf_counter`` around the call (CPU ops are
-  synchronous).  CUDA: CUDA events around the call, then ``torch.cuda.synchronize``.
-* **Peak memory growth** (:func:`measure_peak_growth`) of one steady-state call of the primary
-  callable, measured after the warm-up, i.e. beyond the inputs the factory allocated.  Outputs
-  the step creates (gradients) are included.
-  - CPU: the peak resident set size (``VmHWM``) is reset by writing ``5`` to
-    ``/proc/self/clear_refs``; freed heap is handed back with glibc ``malloc_trim(0)`` first so
-    that memory cached by malloc from earlier calls cannot hide the growth; growth =
-    ``VmHWM`` after the call − ``VmRSS`` before it.  By default every case runs in a fresh
-    Python subprocess (``isolate=True``) so that nothing another case allocated is counted or
-    reused.  Where ``clear_refs`` is not writable the method falls back to
-    ``resource.getrusage().ru_maxrss`` (a lower bound, marked in the results).
+* **Peak memory growth** (:func:`measure_peak_growth`) of one steady-state call of each
+  callable, in order, each right after its own ``warmup`` calls — growth beyond what exists
+  at that moment (the inputs), outputs of the step (gradients) included.
+  - CPU: freed heap is first handed back to the OS with glibc ``malloc_trim(0)`` (so memory
+    that malloc cached from earlier calls can neither hide nor inflate the growth), the peak
+    resident set size ``VmHWM`` is reset by writing ``5`` to ``/proc/self/clear_refs``, and
+    growth = ``VmHWM`` after the call − ``VmRSS`` before it.  By default every case runs in a
+    fresh Python subprocess (``isolate=True``).  Where ``clear_refs`` is not writable, the
+    fallback ``resource.getrusage().ru_maxrss`` gives a lower bound (marked in the results).
   - CUDA: ``torch.cuda.reset_peak_memory_stats``; growth = ``max_memory_allocated`` −
-    ``memory_allocated`` before the call (the caching allocator's own view; cases run in
-    process).
+    ``memory_allocated`` before the call (the caching allocator's view; cases run in process).
+* **Time** (:func:`time_interleaved`): the callables are timed in interleaved rounds (each
+  round times every callable for about ``slice_s`` seconds), until each has ``min_repeats``
+  samples and ``time_budget_s`` seconds per callable have passed (at most ``max_repeats``
+  samples each), so that a change of machine load hits all of them alike.  Median and min
+  are reported.  CPU: ``time.perf_counter`` around the call (CPU ops are synchronous).
+  CUDA: CUDA events around the call, then ``torch.cuda.synchronize``.  The memory call is
+  counted as the first sample.
 * **Skipping**: a case carries an estimate of its peak memory; where it exceeds the budget
   (default half the memory available when the run starts) it is not run and is reported as
-  ``"skipped"`` with the reason.  A subprocess that dies (e.g. killed for memory) is reported
-  as ``"failed"``.
+  ``"skipped"`` with the reason (:func:`skipped_result` builds such an entry for benchmarks
+  that decide per implementation).  A subprocess that dies (e.g. killed for memory) is
+  reported as ``"failed"``.
 
 Output helpers: :func:`format_table` (plain-text table), :func:`write_json` (with
 :func:`machine_info`), :func:`write_bar_chart` (matplotlib, Agg backend, PNG).
@@ -64,7 +66,9 @@ __all__ = [
     "Case",
     "run_cases",
     "run_case",
+    "skipped_result",
     "time_callable",
+    "time_interleaved",
     "measure_peak_growth",
     "available_memory_bytes",
     "machine_info",
@@ -88,13 +92,14 @@ class Case:
         group: label shared by cases that are compared with each other (e.g. ``"b=32 d=256"``).
         name: label of this implementation inside the group (e.g. ``"ours"``).
         factory: ``"package.module:function"``; called as ``factory(device, **params)`` and
-            returning an ordered dict ``{label: callable}``, primary callable first.
+            returning an ordered dict ``{label: callable}`` (the first is the *primary* one,
+            whose figures are copied to the top level of the result).
         params: JSON-serialisable keyword arguments of the factory (also stored in results).
-        est_bytes: estimated peak memory of one call of the primary callable, used to skip it.
+        est_bytes: estimated peak memory of one call of the hungriest callable (to skip it).
         warmup: untimed calls of each callable before measuring.
         min_repeats: minimum number of timed calls of each callable.
         max_repeats: maximum number of timed calls of each callable.
-        time_budget_s: keep repeating (up to ``max_repeats``) until this much time is spent.
+        time_budget_s: seconds of timing per callable (rounds go on until all is spent).
     """
 
     group: str
@@ -104,7 +109,7 @@ class Case:
     est_bytes: int = 0
     warmup: int = 1
     min_repeats: int = 3
-    max_repeats: int = 50
+    max_repeats: int = 1000
     time_budget_s: float = 1.0
 
 
@@ -131,25 +136,58 @@ def _timed_call(fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - t0
 
 
+def time_interleaved(
+    callables: dict,
+    device: torch.device,
+    min_repeats: int = 3,
+    max_repeats: int = 1000,
+    time_budget_s: float = 1.0,
+    samples: dict | None = None,
+    slice_s: float = 0.05,
+) -> dict:
+    """Times several callables in interleaved rounds (see the module docstring).
+
+    Args:
+        callables: ``{label: zero-argument callable}``, already warmed up.
+        device: where they run (selects the clock).
+        min_repeats: at least this many samples of each.
+        max_repeats: at most this many samples of each.
+        time_budget_s: seconds per callable; rounds continue until ``len(callables)`` times
+            this has passed.
+        samples: samples already taken per label (e.g. by the memory call), counted in.
+        slice_s: a round times each callable ``max(1, slice_s / its fastest sample)`` times.
+
+    Returns:
+        ``{label: {"median_s", "min_s", "repeats", "samples_s"}}``.
+    """
+    taken = {label: list((samples or {}).get(label, ())) for label in callables}
+    total = time_budget_s * len(callables)
+    start = time.perf_counter()
+    while True:
+        full = all(len(v) >= max_repeats for v in taken.values())
+        enough = all(len(v) >= min_repeats for v in taken.values())
+        if full or (enough and time.perf_counter() - start >= total):
+            break
+        for label, fn in callables.items():
+            per_round = max(1, int(slice_s / min(taken[label]))) if taken[label] else 1
+            for _ in range(min(per_round, max_repeats - len(taken[label]))):
+                taken[label].append(_timed_call(fn, device))
+    return {
+        label: {"median_s": statistics.median(v), "min_s": min(v), "repeats": len(v),
+                "samples_s": v}
+        for label, v in taken.items()
+    }
+
+
 def time_callable(
     fn: Callable[[], object],
     device: torch.device,
     warmup: int = 1,
     min_repeats: int = 3,
-    max_repeats: int = 50,
+    max_repeats: int = 1000,
     time_budget_s: float = 1.0,
-    samples: Sequence[float] = (),
 ) -> dict:
-    """Times ``fn``: ``warmup`` untimed calls, then samples until the budget and minimum are met.
-
-    Args:
-        fn: zero-argument callable running one step.
-        device: where it runs (selects the clock).
-        warmup: untimed calls first.
-        min_repeats: at least this many samples.
-        max_repeats: at most this many samples.
-        time_budget_s: keep sampling while less than this has been spent.
-        samples: samples already taken (e.g. by the memory measurement), counted in.
+    """Times one callable: ``warmup`` untimed calls, then as :func:`time_interleaved`.
 
     Returns:
         ``{"median_s", "min_s", "repeats", "samples_s"}``.
@@ -157,18 +195,7 @@ def time_callable(
     for _ in range(warmup):
         fn()
         _sync(device)
-    taken = list(samples)
-    start = time.perf_counter()
-    while len(taken) < max_repeats and (
-        len(taken) < min_repeats or time.perf_counter() - start < time_budget_s
-    ):
-        taken.append(_timed_call(fn, device))
-    return {
-        "median_s": statistics.median(taken),
-        "min_s": min(taken),
-        "repeats": len(taken),
-        "samples_s": taken,
-    }
+    return time_interleaved({"fn": fn}, device, min_repeats, max_repeats, time_budget_s)["fn"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -255,24 +282,24 @@ def _measure_in_process(request: dict) -> dict:
     if request.get("num_threads"):
         torch.set_num_threads(int(request["num_threads"]))
     callables = _load_factory(request["factory"])(device, **request["params"])
-    timings, memory = {}, {}
-    for i, (label, fn) in enumerate(callables.items()):
+    memory, first = {}, {}
+    for label, fn in callables.items():
         for _ in range(request["warmup"]):
             fn()
             _sync(device)
-        first: list = []
-        if i == 0:
-            growth, method, seconds = measure_peak_growth(fn, device)
-            memory = {"peak_mem_bytes": growth, "mem_method": method}
-            first = [seconds]
-        timings[label] = time_callable(
-            fn, device, warmup=0, min_repeats=request["min_repeats"],
-            max_repeats=request["max_repeats"], time_budget_s=request["time_budget_s"],
-            samples=first,
-        )
+        growth, method, seconds = measure_peak_growth(fn, device)
+        memory[label] = {"peak_mem_bytes": growth, "mem_method": method}
+        first[label] = [seconds]
+    timings = time_interleaved(
+        callables, device, min_repeats=request["min_repeats"],
+        max_repeats=request["max_repeats"], time_budget_s=request["time_budget_s"],
+        samples=first,
+    )
+    for label, timing in timings.items():
+        timing.update(memory[label])
     del callables
     gc.collect()
-    return {"status": "ok", "timings": timings, **memory}
+    return {"status": "ok", "timings": timings}
 
 
 def _run_subprocess(request: dict) -> dict:
@@ -297,9 +324,8 @@ def run_case(case: Case, device: torch.device, isolate: bool, mem_budget_bytes: 
         "est_bytes": int(case.est_bytes),
     }
     if case.est_bytes > mem_budget_bytes:
-        need, have = format_bytes(case.est_bytes), format_bytes(mem_budget_bytes)
-        result.update(status="skipped", reason=f"needs ~{need} > budget {have}")
-        return result
+        return skipped_result(case.group, case.name, case.params, case.est_bytes,
+                              mem_budget_bytes)
     request = {
         "factory": case.factory, "params": case.params, "device": str(device),
         "warmup": case.warmup, "min_repeats": case.min_repeats,
@@ -315,8 +341,16 @@ def run_case(case: Case, device: torch.device, isolate: bool, mem_budget_bytes: 
             result.update(status="failed", reason=f"out of memory: {exc}".splitlines()[0])
     if result["status"] == "ok":
         primary = next(iter(result["timings"].values()))
-        result["median_s"], result["min_s"] = primary["median_s"], primary["min_s"]
+        for key in ("median_s", "min_s", "peak_mem_bytes", "mem_method"):
+            result[key] = primary[key]
     return result
+
+
+def skipped_result(group: str, name: str, params: dict, est_bytes: int, budget: int) -> dict:
+    """A ``"skipped"`` result entry, for a benchmark that decides per implementation."""
+    return {"group": group, "name": name, "params": dict(params), "est_bytes": int(est_bytes),
+            "status": "skipped",
+            "reason": f"needs ~{format_bytes(est_bytes)} > budget {format_bytes(budget)}"}
 
 
 def run_cases(
@@ -338,9 +372,10 @@ def run_cases(
 
     Returns:
         Dicts with ``group``, ``name``, ``params``, ``est_bytes``, ``status`` (``ok``,
-        ``skipped``, ``failed``) and, when ``ok``, ``median_s``, ``min_s``, ``timings`` (per
-        callable: ``median_s``, ``min_s``, ``repeats``, ``samples_s``), ``peak_mem_bytes`` and
-        ``mem_method``; otherwise ``reason``.
+        ``skipped``, ``failed``) and, when ``ok``, ``timings`` (per callable label:
+        ``median_s``, ``min_s``, ``repeats``, ``samples_s``, ``peak_mem_bytes``,
+        ``mem_method``) plus those four of the primary callable at the top level; otherwise
+        ``reason``.
     """
     if isolate is None:
         isolate = device.type == "cpu"
@@ -353,10 +388,11 @@ def run_cases(
         res = run_case(case, device, isolate, mem_budget_bytes)
         if progress is not None:
             if res["status"] == "ok":
-                progress(
-                    f"[{case.group}] {case.name}: median {format_seconds(res['median_s'])}, "
-                    f"peak +{format_bytes(res['peak_mem_bytes'])}"
-                )
+                progress(f"[{case.group}] " + "; ".join(
+                    f"{label}: median {format_seconds(t['median_s'])} "
+                    f"(min {format_seconds(t['min_s'])}, {t['repeats']} runs), "
+                    f"peak +{format_bytes(t['peak_mem_bytes'])}"
+                    for label, t in res["timings"].items()))
             else:
                 progress(f"[{case.group}] {case.name}: {res['status']} ({res['reason']})")
         results.append(res)
@@ -467,14 +503,17 @@ def write_bar_chart(path: str | os.PathLike, panels: Sequence[dict], title: str 
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(len(panels), 1, figsize=(10, 4.2 * len(panels)), squeeze=False)
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors: dict = {}  # one colour per series label across panels
     for ax, panel in zip(axes[:, 0], panels):
         xlabels, series = panel["xlabels"], panel["series"]
         width = 0.8 / max(1, len(series))
         for k, (label, values) in enumerate(series.items()):
+            color = colors.setdefault(label, cycle[len(colors) % len(cycle)])
             xs = [i + (k - (len(series) - 1) / 2) * width for i, v in enumerate(values)
                   if v is not None]
             ys = [v for v in values if v is not None]
-            ax.bar(xs, ys, width=width, label=label)
+            ax.bar(xs, ys, width=width, label=label, color=color)
         if panel.get("hline") is not None:
             ax.axhline(panel["hline"], color="black", linestyle="--", linewidth=1)
         ax.set_xticks(range(len(xlabels)))

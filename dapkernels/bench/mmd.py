@@ -6,8 +6,10 @@ batches), float32, unbiased estimator, default bank (``GaussianKernels()``: α =
 * **Comparison** at ``n = m = b`` per domain and feature size ``d``: ours (:func:`dapkernels.mmd`)
   vs the naive baselines of :mod:`dapkernels.train.baselines` — (a) ``tll``
   (Transfer-Learning-Library pattern), (b) ``deepda`` (DeepDA pattern), (c) ``torch`` (plain
-  torch with GEMM distances).  A baseline whose estimated memory exceeds the budget is skipped
-  and the table says so.
+  torch with GEMM distances) — on the same inputs, in one process, timed in interleaved
+  rounds.  A baseline whose estimated memory exceeds the budget is skipped and the table says
+  so.  Speed-ups are baseline time / our time, from medians (and from minima, less sensitive
+  to other load on the machine).
 * **Floor** at ``N = n + m`` rows: our time divided by the GEMM floor ``2 · t(Z @ Zᵀ)`` of
   DESIGN §3, measured in the same process right after ours, on ``Z = cat(source, target)``.
   The GEMM writes into a preallocated output (allocation and page faults are not part of the
@@ -38,11 +40,13 @@ from .common import (
     Case,
     GiB,
     MiB,
+    available_memory_bytes,
     format_bytes,
     format_seconds,
     format_table,
     machine_info,
     run_cases,
+    skipped_result,
     write_bar_chart,
     write_json,
 )
@@ -102,11 +106,11 @@ def _loss(impl: str) -> Callable:
 
 
 def make_comparison(
-    device: torch.device, impl: str, n: int, m: int, d: int, seed: int = 0
+    device: torch.device, impls: Sequence[str], n: int, m: int, d: int, seed: int = 0
 ) -> dict:
-    """Factory of a comparison case: ``{impl: forward+backward step}`` on fresh inputs."""
+    """Factory of a comparison case: ``{impl: forward+backward step}``, all on the same inputs."""
     s, t = _inputs(device, n, m, d, seed)
-    return {impl: _step(_loss(impl), s, t)}
+    return {impl: _step(_loss(impl), s, t) for impl in impls}
 
 
 def _floor_block_rows(n_total: int) -> int:
@@ -167,28 +171,48 @@ def build_cases(
     floor_cases: Sequence[tuple],
     impls: Sequence[str] = IMPLS,
     time_budget_s: float = 2.0,
-) -> list:
-    """The comparison cases (every size × dim × impl) then the floor cases ``(N, d)``."""
-    cases = []
+    mem_budget_bytes: int | None = None,
+) -> tuple:
+    """Cases to run and the skipped entries.
+
+    One comparison case per ``(b, d)`` holding every implementation whose estimated memory
+    fits ``mem_budget_bytes`` (default: half the memory available now), measured side by side;
+    the others become ``"skipped"`` entries.  Then one floor case per ``(N, d)``.
+
+    Returns:
+        ``(cases, skipped)``: a list of :class:`~dapkernels.bench.common.Case` and a list of
+        result dicts.
+    """
+    if mem_budget_bytes is None:
+        mem_budget_bytes = available_memory_bytes(device) // 2
+    cases, skipped = [], []
     for d in dims:
         for b in sizes:
+            group = f"b={b} d={d}"
+            run = []
             for impl in impls:
+                est = estimate_bytes(impl, 2 * b, d, device)
+                if est > mem_budget_bytes:
+                    params = {"impls": [impl], "n": b, "m": b, "d": d}
+                    skipped.append(skipped_result(group, impl, params, est, mem_budget_bytes))
+                else:
+                    run.append((impl, est))
+            if run:
                 cases.append(Case(
-                    group=f"b={b} d={d}", name=impl, factory=f"{_FACTORY}:make_comparison",
-                    params={"impl": impl, "n": b, "m": b, "d": d},
-                    est_bytes=estimate_bytes(impl, 2 * b, d, device),
-                    time_budget_s=time_budget_s,
+                    group=group, name="comparison", factory=f"{_FACTORY}:make_comparison",
+                    params={"impls": [i for i, _ in run], "n": b, "m": b, "d": d},
+                    est_bytes=max(e for _, e in run), time_budget_s=time_budget_s,
                 ))
     for n_total, d in floor_cases:
         big = n_total * n_total * d > 2**38
         cases.append(Case(
             group=f"N={n_total} d={d}", name="floor", factory=f"{_FACTORY}:make_floor",
             params={"n_total": n_total, "d": d},
-            est_bytes=estimate_bytes("ours", n_total, d, device)
-            + _floor_block_rows(n_total) * n_total * 4,
+            est_bytes=max(estimate_bytes("ours", n_total, d, device),
+                          _floor_block_rows(n_total) * n_total * 4),
             min_repeats=2 if big else 3, time_budget_s=0.0 if big else time_budget_s,
         ))
-    return cases
+    return cases, skipped
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -227,11 +251,12 @@ def summarize(results: Sequence[dict]) -> dict:
             floor.append(row)
             continue
         row = comparison.setdefault((p["n"], p["d"]), {"b": p["n"], "d": p["d"]})
-        impl = res["name"]
-        row[f"{impl}_s"] = res["median_s"] if ok else None
-        row[f"{impl}_min_s"] = res["min_s"] if ok else None
-        row[f"{impl}_mem"] = res["peak_mem_bytes"] if ok else None
-        row[f"{impl}_note"] = "" if ok else f"{res['status']}: {res['reason']}"
+        for impl in p["impls"]:
+            timing = res["timings"][impl] if ok else {}
+            row[f"{impl}_s"] = timing.get("median_s")
+            row[f"{impl}_min_s"] = timing.get("min_s")
+            row[f"{impl}_mem"] = timing.get("peak_mem_bytes")
+            row[f"{impl}_note"] = "" if ok else f"{res['status']}: {res['reason']}"
     rows = list(comparison.values())
     for row in rows:
         for impl in IMPLS[1:]:
@@ -282,9 +307,9 @@ def evaluate_bars(summary: dict) -> list:
 
 
 def _speedup_cell(row: dict, impl: str) -> str:
-    v = row.get(f"speedup_{impl}")
+    v, v_min = row.get(f"speedup_{impl}"), row.get(f"speedup_min_{impl}")
     if v is not None:
-        return f"{v:.1f}x"
+        return f"{v:.1f}x ({v_min:.1f}x)"
     note = row.get(f"{impl}_note", "")
     return "skipped" if note.startswith("skipped") else ("failed" if note else "-")
 
@@ -299,7 +324,8 @@ def report(summary: dict, bars: Sequence[dict]) -> str:
         cols.append((f"vs {IMPL_LABELS[impl]}", lambda r, i=impl: _speedup_cell(r, i)))
     for impl in IMPLS:
         cols.append((f"{IMPL_LABELS[impl]} mem", lambda r, i=impl: format_bytes(r.get(f"{i}_mem"))))
-    parts = ["MMD forward+backward, float32, unbiased, default bank (vs X = X time / our time)",
+    parts = ["MMD forward+backward, float32, unbiased, default bank; "
+             "vs X = X time / our time from medians (from minima)",
              format_table(summary["comparison"], cols)]
     notes = [f"  b={r['b']} d={r['d']} {IMPL_LABELS[i]}: {r[f'{i}_note']}"
              for r in summary["comparison"] for i in IMPLS if r.get(f"{i}_note")]
@@ -371,9 +397,9 @@ def quick_mmd_comparison(
         Comparison rows as in :func:`summarize` (batch 32 and 64 per domain, d = 256).
     """
     dev = torch.device(device)
-    cases = build_cases(dev, QUICK_SIZES, QUICK_DIMS, (), time_budget_s=0.3)
+    cases, skipped = build_cases(dev, QUICK_SIZES, QUICK_DIMS, (), time_budget_s=0.3)
     results = run_cases(cases, dev, isolate=False, progress=progress)
-    return summarize(results)["comparison"]
+    return summarize(skipped + results)["comparison"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -406,8 +432,12 @@ def run(args: argparse.Namespace) -> int:
     if "ours" not in impls:
         impls.insert(0, "ours")
     budget = args.time_budget if args.time_budget is not None else (0.3 if args.quick else 2.0)
-    cases = build_cases(device, sizes, dims, floor_cases, impls, time_budget_s=budget)
-    mem_budget = None if args.mem_budget_gib is None else int(args.mem_budget_gib * GiB)
+    if args.mem_budget_gib is not None:
+        mem_budget = int(args.mem_budget_gib * GiB)
+    else:
+        mem_budget = available_memory_bytes(device) // 2
+    cases, skipped = build_cases(device, sizes, dims, floor_cases, impls, time_budget_s=budget,
+                                 mem_budget_bytes=mem_budget)
     progress = None if args.silent else (lambda msg: print(msg, file=sys.stderr, flush=True))
     machine = machine_info(device)
     isolate = args.isolate
@@ -415,6 +445,7 @@ def run(args: argparse.Namespace) -> int:
         isolate = device.type == "cpu" and not args.quick
     results = run_cases(cases, device, isolate=isolate, mem_budget_bytes=mem_budget,
                         progress=progress)
+    results = skipped + results
     summary = summarize(results)
     bars = evaluate_bars(summary)
     print(report(summary, bars))
