@@ -25,7 +25,9 @@ _COMPUTE_DTYPE = {
     torch.float16: torch.float16,
     torch.bfloat16: torch.bfloat16,
 }
-_MAX_GROUP = 256  # widest gradient column group held in registers (see the AOT table)
+#: widest gradient column group held in registers, per (one layer?): JMMD keeps one more
+#: tile live (the product of the other layers) and spills at 256 on sm_80 (see the AOT table).
+MAX_GROUP = {True: 256, False: 128}
 _PREP_BLOCK_R = 64
 _PREP_MAX_PROGRAMS = 1024
 MAX_LAYERS = K.MAX_LAYERS.value
@@ -42,19 +44,20 @@ class SweepConfig:
     num_stages: int
 
 
-#: The shipped configurations (chosen with ``python -m dapkernels.backends.triton.aot``: the
-#: widest tiles that compile without spills for sm_80 and sm_90).  Key: (has_grad, half).
+#: The shipped configurations, chosen with ``python -m dapkernels.backends.triton.aot``: the
+#: widest tiles that compile without spills for sm_80 and sm_90 (4 warps spill at 64×64 with a
+#: 256-column gradient group; 8 warps do not).  Key: (has_grad, half precision).
 CONFIGS: dict[tuple[bool, bool], SweepConfig] = {
-    (True, False): SweepConfig(B_M=64, B_N=64, BD=32, num_warps=4, num_stages=2),
-    (True, True): SweepConfig(B_M=64, B_N=64, BD=64, num_warps=4, num_stages=2),
+    (True, False): SweepConfig(B_M=64, B_N=64, BD=32, num_warps=8, num_stages=2),
+    (True, True): SweepConfig(B_M=64, B_N=64, BD=64, num_warps=8, num_stages=2),
     (False, False): SweepConfig(B_M=128, B_N=64, BD=32, num_warps=8, num_stages=2),
     (False, True): SweepConfig(B_M=128, B_N=64, BD=64, num_warps=8, num_stages=2),
 }
 
 
-def group_width(dpad_max: int) -> int:
-    """Columns of the gradient held in registers by one program: a power of two ≤ 256."""
-    return min(_MAX_GROUP, triton.next_power_of_2(dpad_max))
+def group_width(dpad_max: int, bd: int, one_layer: bool) -> int:
+    """Columns of the gradient held in registers by one program: a power of two in [BD, 256]."""
+    return max(bd, min(MAX_GROUP[one_layer], triton.next_power_of_2(dpad_max)))
 
 
 def dot_precision(dtype: torch.dtype) -> str:
@@ -137,7 +140,7 @@ def mmd_sweep(
     cfg = CONFIGS[(need_grad, cdt != torch.float32)]
     dims = tuple(int(z.shape[1]) for z in zs)
     dpads = [triton.cdiv(d, cfg.BD) * cfg.BD for d in dims]
-    dg = group_width(max(dpads))
+    dg = group_width(max(dpads), cfg.BD, num_layers == 1) if need_grad else cfg.BD
     key = (str(device), dims, tuple(tuple(f) for f in factors), tuple(relative), cfg.BD, dg)
     layer_t, bank_t, group_t = _tables(key, device)
 
@@ -165,7 +168,7 @@ def mmd_sweep(
     K.sweep_kernel[(triton.cdiv(N, cfg.B_M), num_groups)](
         zp, sq, stats[3:], layer_t, bank_t, group_t, grad, stats,
         N, n, num_layers, width, width, w_ss, w_st, w_tt,
-        B_M=cfg.B_M, B_N=cfg.B_N, BD=cfg.BD, DG=dg, HAS_GRAD=need_grad,
+        B_M=cfg.B_M, B_N=cfg.B_N, BD=cfg.BD, DG=dg, HAS_GRAD=need_grad, ONE_LAYER=num_layers == 1,
         DOT_PREC=dot_precision(dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     sums = stats[:3]

@@ -139,7 +139,7 @@ def sweep_kernel(
     zp_ptr, sq_ptr, stats_ptr, layer_ptr, bank_ptr, group_ptr, grad_ptr, sums_ptr,
     N, n, L, stride_p, stride_g, w_ss, w_st, w_tt,
     B_M: tl.constexpr, B_N: tl.constexpr, BD: tl.constexpr, DG: tl.constexpr,
-    HAS_GRAD: tl.constexpr, DOT_PREC: tl.constexpr,
+    HAS_GRAD: tl.constexpr, ONE_LAYER: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
     """Block sums of the (joint) bank over rows I = pid_0 and, with HAS_GRAD, ∂L/∂Z for group pid_1.
 
@@ -150,6 +150,8 @@ def sweep_kernel(
     """
     pid_m = tl.program_id(0)
     pid_g = tl.program_id(1)
+    # Widths and offsets are multiples of BD ≥ 16: the hint lets loads vectorise (fewer registers).
+    stride_p = tl.multiple_of(stride_p, 16)
     rows_i = pid_m * B_M + tl.arange(0, B_M)
     mask_i = rows_i < N
     off_i = rows_i.to(tl.int64) * stride_p
@@ -160,7 +162,7 @@ def sweep_kernel(
 
     if HAS_GRAD:
         own = tl.load(group_ptr + pid_g * GROUP_FIELDS)
-        g_c0 = tl.load(group_ptr + pid_g * GROUP_FIELDS + 1)
+        g_c0 = tl.multiple_of(tl.load(group_ptr + pid_g * GROUP_FIELDS + 1), 16)
         g_c1 = tl.load(group_ptr + pid_g * GROUP_FIELDS + 2)
         cols_g = g_c0 + tl.arange(0, DG)
         mask_g = cols_g < g_c1
@@ -168,6 +170,8 @@ def sweep_kernel(
         own_inv = tl.sum(tl.where(lanes == own, inv_means, 0.0), axis=0)
         w_max = tl.maximum(tl.maximum(tl.abs(w_ss), tl.abs(w_st)), tl.abs(w_tt))
         scale = w_max * tl.load(bank_ptr + tl.load(own_rec + BANK_OFF)) * own_inv
+        w_to_src = tl.where(src_i, w_ss, w_st) / scale
+        w_to_tgt = tl.where(src_i, w_st, w_tt) / scale
         acc = tl.zeros([B_M, DG], dtype=tl.float32)
         rowsum = tl.zeros([B_M], dtype=tl.float32)
         j_start = 0
@@ -176,19 +180,20 @@ def sweep_kernel(
         # Upper triangle only: start at the column block holding this row block's diagonal.
         j_start = (pid_m * B_M // B_N) * B_N
 
-    acc_ss = tl.zeros([B_M], dtype=tl.float64)
-    acc_x = tl.zeros([B_M], dtype=tl.float64)
-    acc_tt = tl.zeros([B_M], dtype=tl.float64)
+    # Per row: Σ_j k over source columns and over target columns.
+    acc_src = tl.zeros([B_M], dtype=tl.float64)
+    acc_tgt = tl.zeros([B_M], dtype=tl.float64)
     for j0 in range(j_start, N, B_N):
         rows_j = j0 + tl.arange(0, B_N)
         mask_j = rows_j < N
         off_j = rows_j.to(tl.int64) * stride_p
         k_all = tl.full([B_M, B_N], 1.0, dtype=tl.float32)
-        others = tl.full([B_M, B_N], 1.0, dtype=tl.float32)
         slope = tl.zeros([B_M, B_N], dtype=tl.float32)
+        if not ONE_LAYER:
+            others = tl.full([B_M, B_N], 1.0, dtype=tl.float32)
         for l in range(L):
             rec = layer_ptr + l * LAYER_FIELDS
-            c_off = tl.load(rec + COL_OFF)
+            c_off = tl.multiple_of(tl.load(rec + COL_OFF), 16)
             dpad = tl.load(rec + DPAD)
             dot = tl.zeros([B_M, B_N], dtype=tl.float32)
             for c0 in range(0, dpad, BD):
@@ -197,43 +202,51 @@ def sweep_kernel(
                 b = tl.load(zp_ptr + off_j[:, None] + c_off + c0 + cols_k[None, :],
                             mask=mask_j[:, None], other=0.0)
                 dot = tl.dot(a, tl.trans(b), dot, input_precision=DOT_PREC)
-            sq_i = tl.load(sq_ptr + l * N + rows_i, mask=mask_i, other=0.0)
-            sq_j = tl.load(sq_ptr + l * N + rows_j, mask=mask_j, other=0.0)
+            sq_i = tl.load(sq_ptr + l * N + rows_i, mask=mask_i, other=float("inf"))
+            sq_j = tl.load(sq_ptr + l * N + rows_j, mask=mask_j, other=float("inf"))
             dist = tl.maximum(sq_i[:, None] + sq_j[None, :] - 2.0 * dot, 0.0)
             inv = tl.sum(tl.where(lanes == l, inv_means, 0.0), axis=0)
             k, k_slope = _bank(dist, bank_ptr + tl.load(rec + BANK_OFF), tl.load(rec + NUM_Q),
                                tl.load(rec + SQUARING), inv)
-            k_all = k_all * k
-            if HAS_GRAD:
-                mine = l == own
-                others = others * tl.where(mine, 1.0, k)
-                slope = tl.where(mine, k_slope, slope)
+            if ONE_LAYER:  # no product bookkeeping: fewer live tiles, fewer registers
+                k_all = k
+                slope = k_slope
+            else:
+                k_all = k_all * k
+                if HAS_GRAD:
+                    mine = l == own
+                    others = others * tl.where(mine, 1.0, k)
+                    slope = tl.where(mine, k_slope, slope)
 
-        src_j = rows_j < n
-        valid = mask_i[:, None] & mask_j[None, :]
-        ss = src_i[:, None] & src_j[None, :]
-        tt = (~src_i[:, None]) & (~src_j[None, :])
+        # Masked rows and columns have an infinite norm, hence k = 0 and K′ = 0: no 2-D masks.
         if HAS_GRAD:
-            kv = tl.where(valid, k_all, 0.0)
+            kv = k_all
         else:
             diag = rows_i[:, None] - rows_j[None, :]
-            kv = tl.where(valid & (diag <= 0), tl.where(diag == 0, k_all, 2.0 * k_all), 0.0)
-        acc_ss += tl.sum(tl.where(ss, kv, 0.0), axis=1).to(tl.float64)
-        acc_tt += tl.sum(tl.where(tt, kv, 0.0), axis=1).to(tl.float64)
-        acc_x += tl.sum(tl.where(ss | tt, 0.0, kv), axis=1).to(tl.float64)
+            kv = tl.where(diag < 0, 2.0 * k_all, tl.where(diag == 0, k_all, 0.0))
+        src_j = rows_j < n
+        to_src = tl.sum(tl.where(src_j[None, :], kv, 0.0), axis=1)
+        acc_src += to_src.to(tl.float64)
+        acc_tgt += (tl.sum(kv, axis=1) - to_src).to(tl.float64)
         if HAS_GRAD:
-            w = tl.where(ss, w_ss / scale, tl.where(tt, w_tt / scale, w_st / scale))
-            c = tl.where(valid, w * others * slope, 0.0)
+            w = tl.where(src_j[None, :], w_to_src[:, None], w_to_tgt[:, None])
+            if ONE_LAYER:
+                c = w * slope
+            else:
+                c = w * others * slope
             rowsum += tl.sum(c, axis=1)
             y_j = tl.load(zp_ptr + off_j[:, None] + cols_g[None, :],
                           mask=mask_j[:, None] & mask_g[None, :], other=0.0)
             acc = tl.dot(c.to(y_j.dtype), y_j, acc, input_precision=DOT_PREC)
 
     if pid_g == 0:
-        tl.atomic_add(sums_ptr, tl.sum(acc_ss, axis=0))
+        s_ss = tl.sum(tl.where(src_i, acc_src, 0.0), axis=0)
+        s_tt = tl.sum(tl.where(src_i, 0.0, acc_tgt), axis=0)
         # Mixed pairs appear as (s, t) and (t, s): S_st is half of their sum.
-        tl.atomic_add(sums_ptr + 1, 0.5 * tl.sum(acc_x, axis=0))
-        tl.atomic_add(sums_ptr + 2, tl.sum(acc_tt, axis=0))
+        s_x = tl.sum(tl.where(src_i, acc_tgt, acc_src), axis=0)
+        tl.atomic_add(sums_ptr, s_ss)
+        tl.atomic_add(sums_ptr + 1, 0.5 * s_x)
+        tl.atomic_add(sums_ptr + 2, s_tt)
     if HAS_GRAD:
         m2 = mask_i[:, None] & mask_g[None, :]
         y_i = tl.load(zp_ptr + off_i[:, None] + cols_g[None, :], mask=m2, other=0.0)
