@@ -167,6 +167,10 @@ def test_bars_logic() -> None:
         "N=16384 d=256: peak growth beyond gradient <= 64 MiB": True,
         "N=65536 d=64 completes": True,
     }
+    summary["floor"][1].update(d=256, ratio=1.2)
+    cuda = {b["bar"]: b["met"] for b in bench_mmd.evaluate_bars(summary, "cuda")}
+    assert cuda == {"b=32+32 d=256: ours >= 10x faster than (a) TLL": True,
+                    "N=65536 d=256: ours <= 1x GEMM floor": False}
 
 
 def test_format_helpers() -> None:

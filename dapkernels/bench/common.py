@@ -109,7 +109,7 @@ class Case:
     est_bytes: int = 0
     warmup: int = 1
     min_repeats: int = 3
-    max_repeats: int = 1000
+    max_repeats: int = 100_000
     time_budget_s: float = 1.0
 
 
@@ -140,7 +140,7 @@ def time_interleaved(
     callables: dict,
     device: torch.device,
     min_repeats: int = 3,
-    max_repeats: int = 1000,
+    max_repeats: int = 100_000,
     time_budget_s: float = 1.0,
     samples: dict | None = None,
     slice_s: float = 0.05,
@@ -155,10 +155,12 @@ def time_interleaved(
         time_budget_s: seconds per callable; rounds continue until ``len(callables)`` times
             this has passed.
         samples: samples already taken per label (e.g. by the memory call), counted in.
-        slice_s: a round times each callable ``max(1, slice_s / its fastest sample)`` times.
+        slice_s: a round gives each callable about ``max(slice_s, t_slow / 4)`` seconds, where
+            ``t_slow`` is the slowest callable's fastest sample (so fast callables keep being
+            sampled between the calls of a slow one); at least one call each.
 
     Returns:
-        ``{label: {"median_s", "min_s", "repeats", "samples_s"}}``.
+        ``{label: {"median_s", "min_s", "mean_s", "repeats"}}``.
     """
     taken = {label: list((samples or {}).get(label, ())) for label in callables}
     total = time_budget_s * len(callables)
@@ -168,13 +170,15 @@ def time_interleaved(
         enough = all(len(v) >= min_repeats for v in taken.values())
         if full or (enough and time.perf_counter() - start >= total):
             break
+        fastest = {label: min(v) for label, v in taken.items() if v}
+        share = max([slice_s] + [0.25 * t for t in fastest.values()])
         for label, fn in callables.items():
-            per_round = max(1, int(slice_s / min(taken[label]))) if taken[label] else 1
+            per_round = max(1, int(share / fastest[label])) if label in fastest else 1
             for _ in range(min(per_round, max_repeats - len(taken[label]))):
                 taken[label].append(_timed_call(fn, device))
     return {
-        label: {"median_s": statistics.median(v), "min_s": min(v), "repeats": len(v),
-                "samples_s": v}
+        label: {"median_s": statistics.median(v), "min_s": min(v),
+                "mean_s": statistics.fmean(v), "repeats": len(v)}
         for label, v in taken.items()
     }
 
@@ -184,13 +188,13 @@ def time_callable(
     device: torch.device,
     warmup: int = 1,
     min_repeats: int = 3,
-    max_repeats: int = 1000,
+    max_repeats: int = 100_000,
     time_budget_s: float = 1.0,
 ) -> dict:
     """Times one callable: ``warmup`` untimed calls, then as :func:`time_interleaved`.
 
     Returns:
-        ``{"median_s", "min_s", "repeats", "samples_s"}``.
+        ``{"median_s", "min_s", "mean_s", "repeats"}``.
     """
     for _ in range(warmup):
         fn()
@@ -373,7 +377,7 @@ def run_cases(
     Returns:
         Dicts with ``group``, ``name``, ``params``, ``est_bytes``, ``status`` (``ok``,
         ``skipped``, ``failed``) and, when ``ok``, ``timings`` (per callable label:
-        ``median_s``, ``min_s``, ``repeats``, ``samples_s``, ``peak_mem_bytes``,
+        ``median_s``, ``min_s``, ``mean_s``, ``repeats``, ``peak_mem_bytes``,
         ``mem_method``) plus those four of the primary callable at the top level; otherwise
         ``reason``.
     """
