@@ -462,8 +462,23 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def _git_revision() -> dict | None:
+    """Commit of the source tree the package runs from, and whether it has local changes."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, text=True,
+                             capture_output=True, check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "csrc", "dapkernels"],
+                               cwd=root, text=True, capture_output=True, check=True,
+                               timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": rev, "local_changes": bool(dirty)}
+
+
 def machine_info(device: torch.device) -> dict:
-    """Where and when the run happened: CPU, cores, threads, memory, GPU, versions, command."""
+    """Where and when the run happened: CPU, cores, threads, memory, GPU, versions, command,
+    and the git commit of the source tree when it is a checkout."""
     info = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
@@ -477,6 +492,7 @@ def machine_info(device: torch.device) -> dict:
         "mem_available_bytes": available_memory_bytes(torch.device("cpu")),
         "device": str(device),
         "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "git": _git_revision(),
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -53,6 +54,7 @@ from .common import (
 
 __all__ = [
     "IMPLS",
+    "IMPL_LABELS",
     "FULL_SIZES",
     "FULL_DIMS",
     "FULL_FLOOR_CASES",
@@ -454,6 +456,8 @@ def run(args: argparse.Namespace) -> int:
     results = run_cases(cases, device, isolate=isolate, mem_budget_bytes=mem_budget,
                         progress=progress)
     results = skipped + results
+    if hasattr(os, "getloadavg"):
+        machine["load_average_end"] = list(os.getloadavg())
     summary = summarize(results)
     bars = evaluate_bars(summary, device.type)
     print(report(summary, bars))
