@@ -99,6 +99,14 @@ void epilogue_rows(const Context<T>& cx, T* const* G, std::int64_t ldg, std::int
   typedef vec_t<T> V;
   constexpr int W = kLanes<T>;
   const int L = LT > 0 ? LT : cx.layers;
+  T k0[kMaxLayers], kp0[kMaxLayers];  // bank at D = 0, used on the diagonal i = j
+  for (int l = 0; l < L; ++l) {
+    k0[l] = kp0[l] = T(0);
+    for (int s = 0; s < cx.num_steps[l]; ++s) {
+      k0[l] += cx.steps[l][s].count;
+      kp0[l] += cx.steps[l][s].gcount;
+    }
+  }
   for (std::int64_t i = r0; i < r1; ++i) {
     const int a = i >= cx.n ? 1 : 0;
     V rowacc[kMaxLayers];
@@ -129,6 +137,12 @@ void epilogue_rows(const Context<T>& cx, T* const* G, std::int64_t ldg, std::int
             bank(cx.steps[l], cx.num_steps[l], D, Kv, Kpv);
             vstore(sc.K[l] + k, Kv);
             vstore(sc.Kp[l] + k, Kpv);
+          }
+        }
+        if (i >= c0 && i < c0 + cnt) {  // exact zero distance, not the rounding residue of D_ii
+          for (int l = 0; l < L; ++l) {
+            sc.K[l][i - c0] = k0[l];
+            sc.Kp[l][i - c0] = kp0[l];
           }
         }
         for (int k = 0; k < cnt; k += W) {

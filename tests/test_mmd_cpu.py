@@ -1,0 +1,296 @@
+"""The C++ CPU core (``backends/cpu.py`` + ``dapkernels._C``) against the float64 reference.
+
+Error measures (the bars of issue 2):
+* loss: |L_cpu − L_ref| / (|w_ss S_ss| + |2 w_st S_st| + |w_tt S_tt|).  MMD is a difference of
+  terms that nearly cancel when the domains are close, so its own value can be ~0 while every
+  term is O(1): relative error against the value would measure the cancellation, not the
+  kernel.  The sum of the terms' magnitudes is the scale at which the float32 sums are formed.
+* gradient: ‖g_cpu − g_ref‖ / ‖g_ref‖ per layer.
+
+Both code paths are covered at small sizes by moving the threshold (``SMALL_N``) and the tile
+shape (``ROWS`` × ``COLS``) of the large-N path; one test runs the large-N path at its default
+tiles above the default threshold.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import dapkernels as dk
+from dapkernels import _C
+from dapkernels.backends import cpu
+from dapkernels.backends import reference as ref
+
+ALPHAS = [2.0**i for i in range(-3, 2)]
+SIGMAS2 = [1.0, 4.0]  # σ = 1, 2
+LOSS_TOL = {torch.float32: 1e-5, torch.float64: 1e-12}
+GRAD_TOL = {torch.float32: 1e-4, torch.float64: 1e-10}
+
+
+def _weights(estimator: str, n: int, m: int) -> tuple:
+    if estimator == "biased":
+        return (1.0 / n**2, -1.0 / (n * m), 1.0 / m**2)
+    return (1.0 / (n * (n - 1)), -1.0 / (n * m), 1.0 / (m * (m - 1)))
+
+
+def _errors(zs, n, factors, relative, weights):
+    sums, grads = cpu.mmd_sweep(zs, n, factors, relative, weights, True)
+    sums0, grads0 = ref.mmd_sweep(zs, n, factors, relative, weights, True)
+    coef = torch.tensor([weights[0], 2.0 * weights[1], weights[2]], dtype=torch.float64)
+    scale = float((coef * sums0).abs().sum())
+    loss_err = abs(float((coef * (sums - sums0)).sum())) / scale
+    grad_errs = []
+    for g, g0, z in zip(grads, grads0, zs):
+        assert g.shape == z.shape and g.dtype == z.dtype
+        assert torch.isfinite(g).all()
+        norm = float(g0.double().norm())
+        diff = float((g.double() - g0.double()).norm())
+        grad_errs.append(diff / norm if norm > 0 else diff)
+    return loss_err, grad_errs
+
+
+def _check(zs, n, factors, relative, estimator="unbiased"):
+    N = zs[0].shape[0]
+    loss_err, grad_errs = _errors(zs, n, factors, relative, _weights(estimator, n, N - n))
+    dtype = zs[0].dtype
+    assert loss_err <= LOSS_TOL[dtype], loss_err
+    assert max(grad_errs) <= GRAD_TOL[dtype], grad_errs
+
+
+@pytest.fixture
+def tiled(monkeypatch):
+    """Forces the BLAS-tiled path with small tiles (several row blocks and column chunks)."""
+    monkeypatch.setattr(cpu, "SMALL_N", 0)
+    monkeypatch.setattr(cpu, "ROWS", 48)
+    monkeypatch.setattr(cpu, "COLS", 96)
+
+
+@st.composite
+def problems(draw):
+    big = draw(st.integers(0, 7)) == 0  # a few large batches, with small d to keep it cheap
+    N = draw(st.integers(1025, 4096)) if big else draw(st.integers(4, 1024))
+    n = draw(st.integers(2, N - 2).filter(lambda v: 2 * v != N))
+    layers = 1 if big else draw(st.integers(1, 2))
+    dmax = 64 if big else max(1, min(2048, (1 << 18) // N))
+    dims = [draw(st.integers(1, dmax)) for _ in range(layers)]
+    banks = [draw(st.sampled_from(["alphas", "sigmas", "odd"])) for _ in range(layers)]
+    return dict(
+        N=N, n=n, dims=dims, banks=banks,
+        estimator=draw(st.sampled_from(["biased", "unbiased"])),
+        dtype=draw(st.sampled_from([torch.float32, torch.float64])),
+        path=draw(st.sampled_from(["default", "tiled"])),
+        seed=draw(st.integers(0, 2**31 - 1)),
+    )
+
+
+def _bank(kind: str, d: int) -> tuple:
+    if kind == "alphas":
+        return ALPHAS, True
+    if kind == "sigmas":  # fixed bandwidths scaled to the data's typical distance 2d
+        return [s2 * d for s2 in SIGMAS2], False
+    return [0.3, 1.7, 1.0], True  # not a ratio-2 series: one exp per kernel
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
+@given(problems())
+def test_sweep_matches_reference(monkeypatch, p):
+    if p["path"] == "tiled":
+        monkeypatch.setattr(cpu, "SMALL_N", 0)
+        monkeypatch.setattr(cpu, "ROWS", 64)
+        monkeypatch.setattr(cpu, "COLS", 192)
+    gen = torch.Generator().manual_seed(p["seed"])
+    N, n = p["N"], p["n"]
+    zs = []
+    for d in p["dims"]:
+        z = torch.randn(N, d, generator=gen, dtype=torch.float64)
+        z[n:] += 0.5 * torch.randn(d, generator=gen, dtype=torch.float64)  # domain shift
+        zs.append(z.to(p["dtype"]))
+    factors, relative = zip(*[_bank(b, d) for b, d in zip(p["banks"], p["dims"])])
+    _check(zs, n, list(factors), list(relative), p["estimator"])
+
+
+@pytest.mark.parametrize("path", ["default", "tiled"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    "case", ["offset", "duplicates", "tiny", "huge", "far_fixed"],
+)
+def test_adversarial_inputs(request, path, dtype, case):
+    if path == "tiled":
+        request.getfixturevalue("tiled")
+    gen = torch.Generator().manual_seed(1)
+    N, n, d = 150, 70, 40
+    z = torch.randn(N, d, generator=gen, dtype=torch.float64)
+    factors, relative = ALPHAS, True
+    if case == "offset":  # large common offset: the uncentred distance formula would cancel
+        z = z + 1e3
+    elif case == "duplicates":
+        z[1::3] = z[0::3][: z[1::3].shape[0]]
+    elif case == "tiny":
+        z = z * 1e-3
+    elif case == "huge":
+        z = z * 1e3
+    elif case == "far_fixed":  # fixed bandwidths far below the distances: kernels underflow
+        factors, relative = [0.05, 0.2], False
+    _check([z.to(dtype)], n, [factors], [relative])
+
+
+@pytest.mark.parametrize("path", ["default", "tiled"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_identical_rows_are_finite(request, path, dtype):
+    if path == "tiled":
+        request.getfixturevalue("tiled")
+    z = torch.full((100, 7), 3.25, dtype=dtype)
+    n = 40
+    w = _weights("unbiased", n, 60)
+    sums, grads = cpu.mmd_sweep([z], n, [ALPHAS], [True], w, True)
+    q = len(ALPHAS)  # every distance is 0: every kernel value is exactly 1
+    assert sums.tolist() == pytest.approx([q * n * n, q * n * 60, q * 60 * 60], rel=1e-6)
+    assert torch.equal(grads[0], torch.zeros_like(z))
+    value = dk.mmd(z[:n], z[n:], backend="cpu")
+    assert torch.isfinite(value) and abs(float(value)) < 1e-4
+
+
+def test_large_n_tiled_path_at_default_tiles():
+    N, n, d = 3000, 1400, 24
+    assert N > cpu.SMALL_N and N > cpu.ROWS
+    gen = torch.Generator().manual_seed(3)
+    z = torch.randn(N, d, generator=gen)
+    z[n:] += 0.3
+    _check([z], n, [ALPHAS], [True])
+    _check([z.double(), (2 * z[:, :5]).double()], n, [ALPHAS, [1.0, 9.0]], [True, False],
+           "biased")
+
+
+@pytest.mark.parametrize("path", ["default", "tiled"])
+def test_no_grad_and_non_contiguous(request, path):
+    if path == "tiled":
+        request.getfixturevalue("tiled")
+    gen = torch.Generator().manual_seed(4)
+    base = torch.randn(30, 200, generator=gen, dtype=torch.float64)
+    z = base.t()[:, ::2]  # (200, 15), column stride 30: copied to contiguous rows
+    zr = torch.randn(200, 30, generator=gen, dtype=torch.float64)[:, :3]  # row stride 30, in place
+    w = _weights("biased", 90, 110)
+    sums, grads = cpu.mmd_sweep([z, zr], 90, [ALPHAS, ALPHAS], [True, True], w, False)
+    assert grads == []
+    sums0, _ = ref.mmd_sweep([z, zr], 90, [ALPHAS, ALPHAS], [True, True], w, False)
+    torch.testing.assert_close(sums, sums0, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("path", ["default", "tiled"])
+def test_gradcheck_mmd_and_jmmd(monkeypatch, path):
+    if path == "tiled":  # 3 row blocks, chunks of 2 blocks: every kind of tile
+        monkeypatch.setattr(cpu, "SMALL_N", 0)
+        monkeypatch.setattr(cpu, "ROWS", 16)
+        monkeypatch.setattr(cpu, "COLS", 32)
+    gen = torch.Generator().manual_seed(5)
+    s = torch.randn(21, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    t = (torch.randn(17, 4, generator=gen, dtype=torch.float64) + 0.4).requires_grad_()
+    s2 = torch.randn(21, 2, generator=gen, dtype=torch.float64, requires_grad=True)
+    t2 = torch.randn(17, 2, generator=gen, dtype=torch.float64, requires_grad=True)
+    fixed = dk.GaussianKernels(sigmas=[1.0, 2.0, 3.0])
+    # Relative bandwidths are detached, so gradcheck needs fixed ones to compare finite
+    # differences; the relative bank is checked against the reference above.
+    for est in ("unbiased", "biased"):
+        assert torch.autograd.gradcheck(
+            lambda a, b, est=est: dk.mmd(a, b, fixed, est, backend="cpu"), (s, t))
+    assert torch.autograd.gradcheck(
+        lambda a, b, c, e: dk.jmmd([a, c], [b, e], [fixed, dk.GaussianKernels(sigmas=[1.5])],
+                                   backend="cpu"), (s, t, s2, t2))
+
+
+def test_functional_value_matches_reference():
+    gen = torch.Generator().manual_seed(6)
+    s = torch.randn(33, 16, generator=gen)
+    t = torch.randn(31, 16, generator=gen) + 0.2
+    for est in ("unbiased", "biased"):
+        v = dk.mmd(s, t, estimator=est, backend="cpu")
+        v0 = dk.mmd(s.double(), t.double(), estimator=est, backend="reference")
+        assert v.dtype == torch.float32
+        assert abs(float(v) - float(v0)) <= 1e-5
+
+
+@pytest.mark.parametrize("path", ["default", "tiled"])
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_non_finite_input_raises(request, path, bad):
+    if path == "tiled":
+        request.getfixturevalue("tiled")
+    z = torch.randn(80, 5)
+    z[57, 3] = bad
+    with pytest.raises(ValueError, match=r"non-finite.*target row 17"):
+        cpu.mmd_sweep([z], 40, [ALPHAS], [True], _weights("biased", 40, 40), True)
+    z[57, 3] = 0.0
+    z[2, 0] = bad
+    with pytest.raises(ValueError, match=r"non-finite.*source row 2"):
+        dk.mmd(z[:40], z[40:], backend="cpu")
+
+
+def _raw(**over):
+    """Arguments of _C.mmd_sweep for a valid 10 × 4 float32 input, with overrides."""
+    z = torch.randn(10, 4)
+    args = dict(ptrs=[z.data_ptr()], rows=[10], cols=[4], row_strides=[4], col_strides=[1],
+                dtype="float32", n=5, factors=[ALPHAS], relative=[True],
+                weights=[1.0, -1.0, 1.0], grad_ptrs=[], grad_row_strides=[])
+    args.update(over)
+    return z, args
+
+
+@pytest.mark.parametrize(
+    "over, exc",
+    [
+        (dict(rows=[-1]), ValueError),
+        (dict(cols=[-3]), ValueError),
+        (dict(col_strides=[2]), ValueError),
+        (dict(row_strides=[3]), ValueError),
+        (dict(ptrs=[0]), ValueError),
+        (dict(ptrs=[1]), ValueError),  # misaligned
+        (dict(rows=[2**62]), ValueError),  # size overflow
+        (dict(n=11), ValueError),
+        (dict(n=-1), ValueError),
+        (dict(cols=[0]), ValueError),
+        (dict(rows=[0]), ValueError),
+        (dict(dtype="float16"), TypeError),
+        (dict(weights=[1.0, 2.0]), ValueError),
+        (dict(factors=[[]]), ValueError),
+        (dict(factors=[[-1.0]]), ValueError),
+        (dict(relative=[True, False]), ValueError),
+        (dict(grad_ptrs=[0], grad_row_strides=[4]), ValueError),
+        (dict(grad_ptrs=[16], grad_row_strides=[2]), ValueError),
+    ],
+)
+def test_raw_entry_point_validates_before_touching_memory(over, exc):
+    _, args = _raw(**over)
+    with pytest.raises(exc):
+        _C.mmd_sweep(**args)
+
+
+def test_raw_layer_limits_and_tile_bounds():
+    z, args = _raw()
+    nine = dict(ptrs=[z.data_ptr()] * 9, rows=[10] * 9, cols=[4] * 9, row_strides=[4] * 9,
+                col_strides=[1] * 9, factors=[ALPHAS] * 9, relative=[True] * 9)
+    with pytest.raises(ValueError, match="layers"):
+        _C.mmd_sweep(**{**args, **nine})
+    rows2 = dict(ptrs=[z.data_ptr()] * 2, rows=[10, 9], cols=[4, 4], row_strides=[4, 4],
+                 col_strides=[1, 1], factors=[ALPHAS] * 2, relative=[True] * 2)
+    with pytest.raises(ValueError, match="rows"):
+        _C.mmd_sweep(**{**args, **rows2})
+    c = torch.empty(10, 4)
+    g = torch.empty(10, 10)
+    kw = {k: v for k, v in args.items() if not k.startswith("grad")}
+    sweep = _C.MMDSweep(**kw, centred=[c.data_ptr()], need_grad=True)
+    for bounds in [(0, 11, 0, 10), (5, 4, 5, 10), (4, 8, 2, 10), (4, 8, 6, 10), (0, 4, 0, 0)]:
+        with pytest.raises(ValueError):
+            sweep.tile([g.data_ptr()], 10, *bounds)
+    with pytest.raises(ValueError):
+        sweep.tile([g.data_ptr()], 3, 0, 4, 0, 10)  # leading dimension below the width
+    with pytest.raises(ValueError):
+        sweep.tile([], 10, 0, 4, 0, 10)
+    with pytest.raises(ValueError):
+        _C.MMDSweep(**kw, centred=[0], need_grad=True)
+    no_grad = _C.MMDSweep(**kw, centred=[c.data_ptr()], need_grad=False)
+    with pytest.raises(ValueError):
+        no_grad.finish([g.data_ptr()])
