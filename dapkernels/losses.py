@@ -134,7 +134,10 @@ class WarmStartGradientReversal(nn.Module):
     held at ``coeff(max_iters)`` from ``max_iters`` on.  The counter is a buffer, so
     ``state_dict`` round-trips it; the coefficient used in ``forward`` is computed from that
     buffer with tensor ops, so a compiled model does not recompile as it changes.
-    ``auto_step=True`` advances the counter after every ``forward``.
+    ``forward`` uses ``coeff(num_iters)``; call :meth:`step` once per iteration, or set
+    ``auto_step=True`` to advance the counter after every ``forward`` (eager mode only: under
+    ``torch.compile`` it raises, because the compiled backward could read the advanced counter;
+    with ``auto_step=False`` and ``step()`` outside the compiled region nothing recompiles).
     """
 
     num_iters: torch.Tensor
@@ -166,7 +169,7 @@ class WarmStartGradientReversal(nn.Module):
 
     @property
     def coeff(self) -> float:
-        """The coefficient the next ``forward`` uses."""
+        """The schedule at the current counter, ``coeff(num_iters)``."""
         return self.coeff_at(int(self.num_iters))
 
     def _coeff_tensor(self) -> torch.Tensor:
@@ -177,6 +180,14 @@ class WarmStartGradientReversal(nn.Module):
         return 2.0 * span / (1.0 + torch.exp(-self.alpha * i / self.max_iters)) - span + self.lo
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.auto_step and torch.compiler.is_compiling():
+            # AOTAutograd (torch 2.13) may recompute the coefficient in the backward from the
+            # counter buffer after this forward has advanced it: the gradient would silently use
+            # coeff(i + 1).  Refuse rather than return a wrong gradient.
+            raise RuntimeError(
+                "WarmStartGradientReversal(auto_step=True) cannot run under torch.compile; use "
+                "auto_step=False and call step() outside the compiled region"
+            )
         y = F.grad_reverse(x, self._coeff_tensor())
         if self.auto_step:
             self.step()
