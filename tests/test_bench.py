@@ -167,7 +167,10 @@ def test_bars_logic() -> None:
         "N=16384 d=256: peak growth beyond gradient <= 64 MiB": True,
         "N=65536 d=64 completes": True,
     }
-    summary["floor"][1].update(d=256, ratio=1.2)
+    summary["floor"][1]["status"] = "skipped"
+    skipped = {b["bar"]: b["met"] for b in bench_mmd.evaluate_bars(summary)}
+    assert skipped["N=65536 d=64 completes"] is None
+    summary["floor"][1].update(d=256, ratio=1.2, status="ok")
     cuda = {b["bar"]: b["met"] for b in bench_mmd.evaluate_bars(summary, "cuda")}
     assert cuda == {"b=32+32 d=256: ours >= 10x faster than (a) TLL": True,
                     "N=65536 d=256: ours <= 1x GEMM floor": False}
