@@ -50,6 +50,8 @@ struct Simd<double> {
   static constexpr int W = 8;
 };
 
+#define DK_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+
 constexpr std::int64_t kChunk = 1024;  // elements per float32 partial sum before going float64
 constexpr std::int64_t kRows = 4;      // register tile: 4×4 dot products, 4 rows × 4 vectors
 
@@ -67,20 +69,20 @@ __attribute__((always_inline)) inline void store(void* p, V v) {
   std::memcpy(p, &v, sizeof(V));
 }
 
-// 64-byte aligned, zero-initialised scratch owned by the call.
+// 64-byte aligned scratch owned by the call; zero-filled unless every element gets written.
 template <typename T>
 struct Buffer {
   struct Free {
     void operator()(T* p) const { std::free(p); }
   };
   std::unique_ptr<T, Free> ptr;
-  explicit Buffer(std::int64_t n) {
+  explicit Buffer(std::int64_t n, bool zero = true) {
     const std::size_t bytes = static_cast<std::size_t>(round_up(std::max<std::int64_t>(n, 1) *
                                                                     static_cast<std::int64_t>(sizeof(T)),
                                                                 64));
     T* p = static_cast<T*>(std::aligned_alloc(64, bytes));
     if (p == nullptr) throw std::bad_alloc();
-    std::memset(p, 0, bytes);
+    if (zero) std::memset(p, 0, bytes);
     ptr.reset(p);
   }
   T* get() const { return ptr.get(); }
@@ -121,18 +123,18 @@ __attribute__((always_inline)) inline void tile_dot_body(const T* A, std::int64_
     }
 }
 
-// out[r][0:4W] = Σ_{j<K} M[r][j] B[j][0:4W] for 4 rows.
+// out[r][0:4W] (+)= Σ_{j<K} M[r][j] B[j][0:4W] for 4 rows.
 template <typename T>
 __attribute__((always_inline)) inline void tile_mm_body(const T* M, std::int64_t ldm, const T* B,
                                                         std::int64_t ldb, std::int64_t K, T* out,
-                                                        std::int64_t ldo) {
+                                                        std::int64_t ldo, bool accumulate) {
   using V = typename Simd<T>::V;
   constexpr int W = Simd<T>::W;
   V acc[kRows][4];
 #pragma GCC unroll 4
   for (int r = 0; r < kRows; ++r)
 #pragma GCC unroll 4
-    for (int v = 0; v < 4; ++v) acc[r][v] = V{};
+    for (int v = 0; v < 4; ++v) acc[r][v] = accumulate ? load<V>(out + r * ldo + v * W) : V{};
   for (std::int64_t j = 0; j < K; ++j) {
     V b[4];
 #pragma GCC unroll 4
@@ -149,7 +151,6 @@ __attribute__((always_inline)) inline void tile_mm_body(const T* M, std::int64_t
 }
 
 // Non-template entry points so each gets AVX-512 / AVX2 clones picked at load time.
-#define DK_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 DK_CLONES void tile_dot(const float* A, std::int64_t lda, const float* B, std::int64_t ldb,
                         std::int64_t kc, double* G, std::int64_t ldg) {
   tile_dot_body<float>(A, lda, B, ldb, kc, G, ldg);
@@ -159,25 +160,18 @@ DK_CLONES void tile_dot(const double* A, std::int64_t lda, const double* B, std:
   tile_dot_body<double>(A, lda, B, ldb, kc, G, ldg);
 }
 DK_CLONES void tile_mm(const float* M, std::int64_t ldm, const float* B, std::int64_t ldb,
-                       std::int64_t K, float* out, std::int64_t ldo) {
-  tile_mm_body<float>(M, ldm, B, ldb, K, out, ldo);
+                       std::int64_t K, float* out, std::int64_t ldo, bool accumulate) {
+  tile_mm_body<float>(M, ldm, B, ldb, K, out, ldo, accumulate);
 }
 DK_CLONES void tile_mm(const double* M, std::int64_t ldm, const double* B, std::int64_t ldb,
-                       std::int64_t K, double* out, std::int64_t ldo) {
-  tile_mm_body<double>(M, ldm, B, ldb, K, out, ldo);
+                       std::int64_t K, double* out, std::int64_t ldo, bool accumulate) {
+  tile_mm_body<double>(M, ldm, B, ldb, K, out, ldo, accumulate);
 }
-#undef DK_CLONES
 
-// Threads only when the work (in multiply-adds) amortises waking them.
-inline bool parallel_worth(double work) { return work > 2.0e5; }
-
-inline int num_threads() {
-#ifdef _OPENMP
-  return omp_get_max_threads();
-#else
-  return 1;
-#endif
-}
+// Threads only when the work (in multiply-adds) is worth milliseconds: on a loaded machine a
+// parallel region can wait a whole scheduler slice for its second thread, which would swamp
+// the sub-millisecond calls of DA training batches.
+inline bool parallel_worth(double work) { return work > 2.0e7; }
 
 // Upper triangle (then mirrored) of G = A Aᵀ, A: R×K with leading dim lda (R multiple of 4,
 // K multiple of W),
@@ -214,8 +208,11 @@ void gram_upper(const T* A, std::int64_t R, std::int64_t K, std::int64_t lda, do
 }
 
 // out (R×C, leading dim ldo) = M (R×K, leading dim ldm) · B (K×C, leading dim ldb); R multiple
-// of 4, C multiple of 4W. Each K×4W panel of B is first packed contiguously: rows of B are a
-// power-of-two apart in memory and would otherwise fight over the same L1 sets.
+// of 4, C multiple of 4W. B is consumed in panels of kPanel rows × 4W columns, packed
+// contiguously (16 KiB: half of a 32 KiB L1, rows of B would otherwise be a power of two apart
+// and fight over the same cache sets); partial products accumulate in out.
+constexpr std::int64_t kPanel = 64;
+
 template <typename T>
 void matmul(const T* M, std::int64_t ldm, const T* B, std::int64_t ldb, std::int64_t R,
             std::int64_t K, std::int64_t C, T* out, std::int64_t ldo) {
@@ -224,26 +221,27 @@ void matmul(const T* M, std::int64_t ldm, const T* B, std::int64_t ldb, std::int
   const bool par = parallel_worth(static_cast<double>(R) * K * C);
 #pragma omp parallel if (par)
   {
-    Buffer<T> panel(K * cw);
+    Buffer<T> panel(kPanel * cw);
 #pragma omp for schedule(static)
     for (std::int64_t cb = 0; cb < col_blocks; ++cb) {
-      for (std::int64_t j = 0; j < K; ++j)
-        std::memcpy(panel.get() + j * cw, B + j * ldb + cb * cw, cw * sizeof(T));
-      for (std::int64_t rb = 0; rb < row_blocks; ++rb)
-        tile_mm(M + rb * kRows * ldm, ldm, panel.get(), cw, K, out + rb * kRows * ldo + cb * cw,
-                ldo);
+      for (std::int64_t k0 = 0; k0 < K; k0 += kPanel) {
+        const std::int64_t kc = std::min(kPanel, K - k0);
+        for (std::int64_t j = 0; j < kc; ++j)
+          std::memcpy(panel.get() + j * cw, B + (k0 + j) * ldb + cb * cw, cw * sizeof(T));
+        for (std::int64_t rb = 0; rb < row_blocks; ++rb)
+          tile_mm(M + rb * kRows * ldm + k0, ldm, panel.get(), cw, kc,
+                  out + rb * kRows * ldo + cb * cw, ldo, k0 > 0);
+      }
     }
   }
 }
 
 // Column means of a strided n×d block in float64, refined by a second pass over the residuals.
 template <typename T>
-void column_means(const Matrix& x, double* mean) {
+DK_CLONES void column_means(const Matrix& x, double* mean) {
   const T* p = x.data<T>();
   const std::int64_t n = x.rows, d = x.cols, ld = x.row_stride;
-  const bool par = parallel_worth(static_cast<double>(n) * d);
   constexpr std::int64_t block = 256;
-#pragma omp parallel for schedule(static) if (par)
   for (std::int64_t c0 = 0; c0 < d; c0 += block) {
     const std::int64_t c1 = std::min(d, c0 + block);
     double acc[block] = {};
@@ -260,7 +258,7 @@ void column_means(const Matrix& x, double* mean) {
 
 // Writes the centred rows of x into Z (rows row0…, leading dim ldz), rounding once to T.
 template <typename T>
-void centre_into(const Matrix& x, const double* mean, T* Z, std::int64_t row0, std::int64_t ldz) {
+DK_CLONES void centre_into(const Matrix& x, const double* mean, T* Z, std::int64_t row0, std::int64_t ldz) {
   const T* p = x.data<T>();
   for (std::int64_t i = 0; i < x.rows; ++i) {
     T* z = Z + (row0 + i) * ldz;
@@ -272,7 +270,7 @@ void centre_into(const Matrix& x, const double* mean, T* Z, std::int64_t row0, s
 
 // Copies scale_i · src rows [row0, row0+n) into the caller's gradient, minus their column mean.
 template <typename T>
-void write_centred_grad(const T* src, std::int64_t lds, std::int64_t row0, std::int64_t n,
+DK_CLONES void write_centred_grad(const T* src, std::int64_t lds, std::int64_t row0, std::int64_t n,
                         std::int64_t d, double scale, const Matrix& g) {
   std::vector<double> mean(static_cast<std::size_t>(d), 0.0);
   for (std::int64_t i = 0; i < n; ++i) {
@@ -306,9 +304,12 @@ double coral_run(const Matrix& xs, const Matrix& xt, const Matrix* gs, const Mat
   column_means<T>(xt, mean_t.data());
   // dp: padded width (zeros); ldz: row pitch, one vector more so rows avoid cache-set aliasing.
   const std::int64_t Np = round_up(N, kRows), dp = round_up(d, 4 * W), ldz = dp + W;
-  Buffer<T> Z(Np * ldz);
+  Buffer<T> Z(Np * ldz, false);
   centre_into<T>(xs, mean_s.data(), Z.get(), 0, ldz);
   centre_into<T>(xt, mean_t.data(), Z.get(), ns, ldz);
+  for (std::int64_t i = 0; i < N; ++i)
+    std::fill(Z.get() + i * ldz + d, Z.get() + (i + 1) * ldz, T(0));
+  std::fill(Z.get() + N * ldz, Z.get() + Np * ldz, T(0));
 
   double value = 0.0;
   if (path == kGram) {
@@ -325,11 +326,12 @@ double coral_run(const Matrix& xs, const Matrix& xt, const Matrix* gs, const Mat
       }
     value *= 0.25 / dd;
     if (gs == nullptr) return value;
-    Buffer<T> M(Np * N);  // W∘G / d², rows ≥ N stay zero
+    Buffer<T> M(Np * N, false);  // W∘G / d²; rows ≥ N zeroed below
     for (std::int64_t i = 0; i < N; ++i)
       for (std::int64_t j = 0; j < N; ++j)
         M.get()[i * N + j] = static_cast<T>(weight(i, j) * G.get()[i * Np + j] / dd);
-    Buffer<T> out(Np * dp);
+    std::fill(M.get() + N * N, M.get() + Np * N, T(0));
+    Buffer<T> out(Np * dp, false);  // fully written by matmul
     matmul<T>(M.get(), N, Z.get(), ldz, Np, N, dp, out.get(), dp);
     write_centred_grad<T>(out.get(), dp, 0, ns, d, 1.0, *gs);
     write_centred_grad<T>(out.get(), dp, ns, nt, d, 1.0, *gt);
@@ -355,7 +357,7 @@ double coral_run(const Matrix& xs, const Matrix& xt, const Matrix* gs, const Mat
   if (gs == nullptr) return value;
   Buffer<T> Dn(dp * dp);  // D / d² in the working precision
   for (std::int64_t k = 0; k < dp * dp; ++k) Dn.get()[k] = static_cast<T>(D[k] / dd);
-  Buffer<T> out(Np * dp);
+  Buffer<T> out(Np * dp, false);  // fully written by matmul
   matmul<T>(Z.get(), ldz, Dn.get(), dp, Np, d, dp, out.get(), dp);
   write_centred_grad<T>(out.get(), dp, 0, ns, d, 1.0 / a, *gs);
   write_centred_grad<T>(out.get(), dp, ns, nt, d, -1.0 / b, *gt);
