@@ -3,7 +3,7 @@
 The extension takes raw pointers, sizes and strides from Python and never links against
 libtorch, so one wheel works with every torch version the package supports.  It is built with
 ``-O3`` and OpenMP for the baseline x86-64 ISA; the hot loops carry AVX2/FMA (and AVX-512)
-clones selected at run time (see ``csrc/simd.h``), so a wheel built here still imports and runs
+copies selected at run time (see ``csrc/mmd.cpp``), so a wheel built here still imports and runs
 on a CPU without AVX2.
 """
 

@@ -2,12 +2,9 @@
 // (or of the product of several banks for JMMD) and, in the same pass, the gradient of
 // L = w_ss S_ss + 2 w_st S_st + w_tt S_tt.
 //
-// Python entry points (all pointers are validated with make_matrix first; the GIL is released
-// while the kernels run):
-//   mmd_sweep(...)   the whole sweep in C++ for small N (own GEMM micro-kernel, tiles I ≤ J);
-//   MMDSweep(...)    the large-N path: centres the data into caller-owned buffers, then
-//                    .tile() runs the fused epilogue between the caller's BLAS GEMMs,
-//                    .finish() forms the gradient and .sums() returns the block sums.
+// Python entry point: mmd_sweep(...), the whole sweep in one call (own GEMM micro-kernel,
+// tiles I ≤ J over OpenMP threads).  Every pointer is validated with make_matrix before use and
+// the GIL is released while the kernels run.
 //
 // The kernels are compiled three times (baseline x86-64, AVX2+FMA, AVX-512) and the copy to run
 // is picked once from the CPU's features, so the extension runs on any x86-64 CPU.
@@ -21,7 +18,6 @@
 #include <cstring>
 #include <memory>
 #include <string>
-#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -70,17 +66,13 @@ namespace isa_avx512 {
 // Entry points of one instruction-set copy for one dtype.
 template <typename T>
 struct Kernels {
-  void (*sweep_small)(const Context<T>&, const T* const*, const std::int64_t*, const T* const*,
-                      std::int64_t, const std::int64_t*, bool, T* const*, const std::int64_t*,
-                      double*);
-  void (*tile_epilogue)(const Context<T>&, T* const*, std::int64_t, std::int64_t, std::int64_t,
-                        std::int64_t, std::int64_t, bool, double* const*, double*);
-  void (*finish)(std::int64_t, std::int64_t, const T*, std::int64_t, const double*, const T*,
-                 std::int64_t, T*, std::int64_t);
+  void (*sweep_direct)(const Context<T>&, const T* const*, const std::int64_t*,
+                       const std::int64_t*, std::int64_t, bool, T* const*, const std::int64_t*,
+                       double*);
 };
 
 #define DK_KERNELS(ns, T) \
-  Kernels<T> { &ns::sweep_small<T>, &ns::tile_epilogue<T>, &ns::finish<T> }
+  Kernels<T> { &ns::sweep_direct<T> }
 
 enum class Isa { base, avx2, avx512 };
 
@@ -272,16 +264,15 @@ Context<T> make_context(const Args& a, const std::vector<double>& weights,
 py::tuple sums_tuple(const double* s) { return py::make_tuple(s[0], 0.5 * s[1], s[2]); }
 
 template <typename T>
-py::tuple sweep_small_typed(const Args& a, const std::vector<std::vector<double>>& factors,
-                            const std::vector<bool>& relative, const std::vector<double>& weights,
-                            const std::vector<Matrix>& grads) {
+py::tuple sweep_direct_typed(const Args& a, const std::vector<std::vector<double>>& factors,
+                             const std::vector<bool>& relative, const std::vector<double>& weights,
+                             const std::vector<Matrix>& grads, std::int64_t tile) {
   const int L = static_cast<int>(a.z.size());
   const std::int64_t N = a.N;
   constexpr std::int64_t pad = 32;  // ≥ 2·lanes of every instruction set, for both dtypes
-  const std::int64_t ldt = (N + kSmallTile - 1) / kSmallTile * kSmallTile;
-  std::vector<std::vector<T>> c(L), ct(L), nrm(L);
+  std::vector<std::vector<T>> c(L), nrm(L);
   std::vector<std::vector<Step<T>>> plans(L);
-  std::vector<const T*> cp(L), ctp(L), np(L);
+  std::vector<const T*> cp(L), np(L);
   std::vector<std::int64_t> ldc(L), dims(L), ldg(L);
   std::vector<T*> gp(L);
   for (int l = 0; l < L; ++l) {
@@ -292,11 +283,7 @@ py::tuple sweep_small_typed(const Args& a, const std::vector<std::vector<double>
     nrm[l].resize(static_cast<std::size_t>(N));
     const double md = center<T>(a.z[l], a.n, l, c[l].data(), ldc[l], nrm[l].data());
     plans[l] = make_plan<T>(factors[l], relative[l], md);
-    ct[l].assign(static_cast<std::size_t>(d * ldt), T(0));
-    for (std::int64_t i = 0; i < N; ++i)
-      for (std::int64_t k = 0; k < d; ++k) ct[l][k * ldt + i] = c[l][i * ldc[l] + k];
     cp[l] = c[l].data();
-    ctp[l] = ct[l].data();
     np[l] = nrm[l].data();
     if (!grads.empty()) {
       gp[l] = grads[l].data<T>();
@@ -307,8 +294,8 @@ py::tuple sweep_small_typed(const Args& a, const std::vector<std::vector<double>
   double sums[3] = {0.0, 0.0, 0.0};
   {
     py::gil_scoped_release release;
-    kernels<T>().sweep_small(cx, cp.data(), ldc.data(), ctp.data(), ldt, dims.data(),
-                             !grads.empty(), gp.data(), ldg.data(), sums);
+    kernels<T>().sweep_direct(cx, cp.data(), ldc.data(), dims.data(), tile, !grads.empty(),
+                              gp.data(), ldg.data(), sums);
   }
   return sums_tuple(sums);
 }
@@ -320,7 +307,9 @@ py::tuple mmd_sweep(const std::vector<std::uintptr_t>& ptrs,
                     std::int64_t n, const std::vector<std::vector<double>>& factors,
                     const std::vector<bool>& relative, const std::vector<double>& weights,
                     const std::vector<std::uintptr_t>& grad_ptrs,
-                    const std::vector<std::int64_t>& grad_row_strides) {
+                    const std::vector<std::int64_t>& grad_row_strides, std::int64_t tile) {
+  if (tile < 32 || tile > 1024 || tile % 32 != 0)
+    throw py::value_error("tile: must be a multiple of 32 in [32, 1024]");
   const Args a =
       parse_inputs(ptrs, rows, cols, row_strides, col_strides, dtype, n, factors, relative, weights);
   std::vector<Matrix> grads;
@@ -332,155 +321,21 @@ py::tuple mmd_sweep(const std::vector<std::uintptr_t>& ptrs,
                                   "grads"));
     }
   }
-  if (a.dtype == DType::f32) return sweep_small_typed<float>(a, factors, relative, weights, grads);
-  return sweep_small_typed<double>(a, factors, relative, weights, grads);
+  if (a.dtype == DType::f32)
+    return sweep_direct_typed<float>(a, factors, relative, weights, grads, tile);
+  return sweep_direct_typed<double>(a, factors, relative, weights, grads, tile);
 }
-
-// State of a large-N sweep driven tile by tile from Python (see the file comment).
-class TiledSweep {
- public:
-  TiledSweep(const std::vector<std::uintptr_t>& ptrs, const std::vector<std::int64_t>& rows,
-             const std::vector<std::int64_t>& cols, const std::vector<std::int64_t>& row_strides,
-             const std::vector<std::int64_t>& col_strides, const std::string& dtype,
-             std::int64_t n, const std::vector<std::vector<double>>& factors,
-             const std::vector<bool>& relative, const std::vector<double>& weights,
-             const std::vector<std::uintptr_t>& c_ptrs, bool need_grad)
-      : args_(parse_inputs(ptrs, rows, cols, row_strides, col_strides, dtype, n, factors,
-                           relative, weights)),
-        need_grad_(need_grad) {
-    const std::size_t L = args_.z.size();
-    if (c_ptrs.size() != L) throw py::value_error("centred: expected one buffer per layer");
-    for (std::size_t l = 0; l < L; ++l)
-      c_.push_back(make_matrix(c_ptrs[l], args_.N, args_.z[l].cols, args_.z[l].cols, 1, dtype,
-                               "centred"));
-    rowsum_.assign(L, std::vector<double>(need_grad ? static_cast<std::size_t>(args_.N) : 0, 0.0));
-    if (args_.dtype == DType::f32) init<float>(factors, relative, weights);
-    else init<double>(factors, relative, weights);
-  }
-
-  void tile(const std::vector<std::uintptr_t>& g_ptrs, std::int64_t ld, std::int64_t i0,
-            std::int64_t i1, std::int64_t j0, std::int64_t j1) {
-    const std::int64_t N = args_.N;
-    if (g_ptrs.size() != args_.z.size()) throw py::value_error("tile: one Gram tile per layer");
-    if (!(0 <= i0 && i0 < i1 && i1 <= N && i0 <= j0 && j0 < j1 && j1 <= N))
-      throw py::value_error("tile: bounds out of range (need 0 <= i0 < i1 <= N, i0 <= j0 < j1 <= N)");
-    if (j0 != i0 && j0 < i1)
-      throw py::value_error("tile: a column chunk must start at i0 or after the diagonal block");
-    std::vector<Matrix> g;
-    for (std::uintptr_t p : g_ptrs) g.push_back(make_matrix(p, i1 - i0, j1 - j0, ld, 1, dtype_name(), "tile"));
-    if (args_.dtype == DType::f32) run_tile<float>(g, ld, i0, i1, j0, j1);
-    else run_tile<double>(g, ld, i0, i1, j0, j1);
-  }
-
-  void finish(const std::vector<std::uintptr_t>& grad_ptrs) {
-    if (!need_grad_) throw py::value_error("finish: the sweep was created without gradients");
-    if (grad_ptrs.size() != args_.z.size()) throw py::value_error("finish: one gradient per layer");
-    std::vector<Matrix> g;
-    for (std::size_t l = 0; l < grad_ptrs.size(); ++l)
-      g.push_back(make_matrix(grad_ptrs[l], args_.N, args_.z[l].cols, args_.z[l].cols, 1,
-                              dtype_name(), "grads"));
-    py::gil_scoped_release release;
-    for (std::size_t l = 0; l < g.size(); ++l) {
-      const std::int64_t d = g[l].cols;
-      if (args_.dtype == DType::f32)
-        kernels<float>().finish(args_.N, d, c_[l].data<float>(), d, rowsum_[l].data(),
-                                g[l].data<float>(), d, g[l].data<float>(), d);
-      else
-        kernels<double>().finish(args_.N, d, c_[l].data<double>(), d, rowsum_[l].data(),
-                                 g[l].data<double>(), d, g[l].data<double>(), d);
-    }
-  }
-
-  py::tuple sums() const { return sums_tuple(sums_); }
-
- private:
-  std::string dtype_name() const { return args_.dtype == DType::f32 ? "float32" : "float64"; }
-
-  template <typename T>
-  auto& norms(std::size_t l) {
-    if constexpr (std::is_same_v<T, float>) return norms_f_[l]; else return norms_d_[l];
-  }
-
-  template <typename T>
-  auto& plans() {
-    if constexpr (std::is_same_v<T, float>) return plans_f_; else return plans_d_;
-  }
-
-  template <typename T>
-  auto& context() {
-    if constexpr (std::is_same_v<T, float>) return cx_f_; else return cx_d_;
-  }
-
-  template <typename T>
-  void init(const std::vector<std::vector<double>>& factors, const std::vector<bool>& relative,
-            const std::vector<double>& weights) {
-    const std::size_t L = args_.z.size();
-    std::vector<const T*> np(L);
-    plans<T>().resize(L);
-    for (std::size_t l = 0; l < L; ++l) {
-      norms<T>(l).resize(static_cast<std::size_t>(args_.N));
-      const double md = center<T>(args_.z[l], args_.n, static_cast<int>(l), c_[l].data<T>(),
-                                  c_[l].cols, norms<T>(l).data());
-      plans<T>()[l] = make_plan<T>(factors[l], relative[l], md);
-      np[l] = norms<T>(l).data();
-    }
-    context<T>() = make_context<T>(args_, weights, np, plans<T>());
-  }
-
-  template <typename T>
-  void run_tile(const std::vector<Matrix>& g, std::int64_t ld, std::int64_t i0, std::int64_t i1,
-                std::int64_t j0, std::int64_t j1) {
-    T* gp[kMaxLayers] = {};
-    double* rs[kMaxLayers] = {};
-    for (std::size_t l = 0; l < g.size(); ++l) {
-      gp[l] = g[l].data<T>();
-      rs[l] = need_grad_ ? rowsum_[l].data() : nullptr;
-    }
-    py::gil_scoped_release release;
-    kernels<T>().tile_epilogue(context<T>(), gp, ld, i0, i1, j0, j1, need_grad_, rs, sums_);
-  }
-
-  Args args_;
-  bool need_grad_;
-  std::vector<Matrix> c_;
-  std::vector<std::vector<double>> rowsum_;
-  double sums_[3] = {0.0, 0.0, 0.0};
-  std::vector<std::vector<float>> norms_f_{kMaxLayers};
-  std::vector<std::vector<double>> norms_d_{kMaxLayers};
-  std::vector<std::vector<Step<float>>> plans_f_;
-  std::vector<std::vector<Step<double>>> plans_d_;
-  Context<float> cx_f_;
-  Context<double> cx_d_;
-};
 
 }  // namespace mmd
 }  // namespace dk
 
 void register_mmd(pybind11::module_& m) {
   namespace py = pybind11;
-  using dk::mmd::TiledSweep;
   m.def("mmd_sweep", &dk::mmd::mmd_sweep, py::arg("ptrs"), py::arg("rows"), py::arg("cols"),
         py::arg("row_strides"), py::arg("col_strides"), py::arg("dtype"), py::arg("n"),
         py::arg("factors"), py::arg("relative"), py::arg("weights"), py::arg("grad_ptrs"),
-        py::arg("grad_row_strides"),
-        "Whole fused MMD sweep for small N: returns (S_ss, S_st, S_tt) and, when grad_ptrs is "
+        py::arg("grad_row_strides"), py::arg("tile") = 32,
+        "Whole fused MMD sweep in C++ (tiles of `tile` rows): returns (S_ss, S_st, S_tt) and, when grad_ptrs is "
         "non-empty, writes dL/dz_l (L = w_ss S_ss + 2 w_st S_st + w_tt S_tt) into them.");
-  py::class_<TiledSweep>(m, "MMDSweep",
-                         "Large-N fused MMD sweep: the caller runs the tile GEMMs with its BLAS.")
-      .def(py::init<const std::vector<std::uintptr_t>&, const std::vector<std::int64_t>&,
-                    const std::vector<std::int64_t>&, const std::vector<std::int64_t>&,
-                    const std::vector<std::int64_t>&, const std::string&, std::int64_t,
-                    const std::vector<std::vector<double>>&, const std::vector<bool>&,
-                    const std::vector<double>&, const std::vector<std::uintptr_t>&, bool>(),
-           py::arg("ptrs"), py::arg("rows"), py::arg("cols"), py::arg("row_strides"),
-           py::arg("col_strides"), py::arg("dtype"), py::arg("n"), py::arg("factors"),
-           py::arg("relative"), py::arg("weights"), py::arg("centred"), py::arg("need_grad"))
-      .def("tile", &TiledSweep::tile, py::arg("g_ptrs"), py::arg("ld"), py::arg("i0"),
-           py::arg("i1"), py::arg("j0"), py::arg("j1"),
-           "Fused epilogue of tile rows [i0, i1) × columns [j0, j1) given the Gram tiles "
-           "c_I c_Jᵀ; overwrites them with C (when gradients are needed).")
-      .def("finish", &TiledSweep::finish, py::arg("grad_ptrs"),
-           "grad = 4 (rowsum(C) ⊙ c − acc), in place over the accumulators acc = Σ C c.")
-      .def("sums", &TiledSweep::sums, "(S_ss, S_st, S_tt) accumulated so far.");
   m.attr("mmd_isa") = dk::mmd::isa_name();
 }

@@ -8,7 +8,6 @@ namespace mmd {
 
 constexpr int kMaxLayers = 8;  // JMMD layers handled in one sweep
 constexpr int kChunk = 256;    // columns of a tile row evaluated at once (scratch stays in L1)
-constexpr int kSmallTile = 64;  // tile edge of the all-C++ path; a multiple of every 2·lanes
 
 // One kernel of a layer's bank, in evaluation order (ascending γ).  The first step always
 // calls exp; later ones either call exp or square the previous value `squarings` times,

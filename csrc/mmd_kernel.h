@@ -38,26 +38,44 @@ DK_INLINE void micro(std::int64_t K, const T* A, std::int64_t ars, std::int64_t 
   }
 }
 
-// O (M × ncols) (+)= A (M × K, strided) · B (K × ncols, row stride ldb); ncols a multiple of 2W.
 template <typename T, bool ACC>
-void gemm(std::int64_t M, std::int64_t K, std::int64_t ncols, const T* A, std::int64_t ars,
+DK_INLINE void micro_rows(std::int64_t R, std::int64_t K, const T* a, std::int64_t ars,
+                          std::int64_t aks, const T* B, std::int64_t ldb, T* o,
+                          std::int64_t ldo) {
+  switch (R) {
+    case 8: micro<T, 8, ACC>(K, a, ars, aks, B, ldb, o, ldo); break;
+    case 7: micro<T, 7, ACC>(K, a, ars, aks, B, ldb, o, ldo); break;
+    case 6: micro<T, 6, ACC>(K, a, ars, aks, B, ldb, o, ldo); break;
+    case 5: micro<T, 5, ACC>(K, a, ars, aks, B, ldb, o, ldo); break;
+    case 4: micro<T, 4, ACC>(K, a, ars, aks, B, ldb, o, ldo); break;
+    case 3: micro<T, 3, ACC>(K, a, ars, aks, B, ldb, o, ldo); break;
+    case 2: micro<T, 2, ACC>(K, a, ars, aks, B, ldb, o, ldo); break;
+    case 1: micro<T, 1, ACC>(K, a, ars, aks, B, ldb, o, ldo); break;
+    default: break;
+  }
+}
+
+// O[:, :nvalid] (+)= A (M × K, strided) · B (K × ·, row stride ldb).  B is read in whole panels
+// of 2W columns (it must be readable up to nvalid rounded up); O is written in [0, nvalid) only.
+template <typename T, bool ACC>
+void gemm(std::int64_t M, std::int64_t K, std::int64_t nvalid, const T* A, std::int64_t ars,
           std::int64_t aks, const T* B, std::int64_t ldb, T* O, std::int64_t ldo) {
   constexpr int NB = 2 * kLanes<T>;
-  for (std::int64_t col = 0; col < ncols; col += NB) {
-    std::int64_t r = 0;
-    for (; r + DK_MR <= M; r += DK_MR)
-      micro<T, DK_MR, ACC>(K, A + r * ars, ars, aks, B + col, ldb, O + r * ldo + col, ldo);
-    const T* a = A + r * ars;
-    T* o = O + r * ldo + col;
-    switch (M - r) {
-      case 7: micro<T, 7, ACC>(K, a, ars, aks, B + col, ldb, o, ldo); break;
-      case 6: micro<T, 6, ACC>(K, a, ars, aks, B + col, ldb, o, ldo); break;
-      case 5: micro<T, 5, ACC>(K, a, ars, aks, B + col, ldb, o, ldo); break;
-      case 4: micro<T, 4, ACC>(K, a, ars, aks, B + col, ldb, o, ldo); break;
-      case 3: micro<T, 3, ACC>(K, a, ars, aks, B + col, ldb, o, ldo); break;
-      case 2: micro<T, 2, ACC>(K, a, ars, aks, B + col, ldb, o, ldo); break;
-      case 1: micro<T, 1, ACC>(K, a, ars, aks, B + col, ldb, o, ldo); break;
-      default: break;
+  for (std::int64_t col = 0; col < nvalid; col += NB) {
+    const std::int64_t w = std::min<std::int64_t>(NB, nvalid - col);
+    for (std::int64_t r = 0; r < M; r += DK_MR) {
+      const std::int64_t R = std::min<std::int64_t>(DK_MR, M - r);
+      T* o = O + r * ldo + col;
+      if (w == NB) {
+        micro_rows<T, ACC>(R, K, A + r * ars, ars, aks, B + col, ldb, o, ldo);
+        continue;
+      }
+      T tmp[DK_MR * NB] = {};  // partial panel: go through a full-width buffer
+      for (std::int64_t q = 0; q < R && ACC; ++q)
+        for (std::int64_t k = 0; k < w; ++k) tmp[q * NB + k] = o[q * ldo + k];
+      micro_rows<T, ACC>(R, K, A + r * ars, ars, aks, B + col, ldb, tmp, NB);
+      for (std::int64_t q = 0; q < R; ++q)
+        for (std::int64_t k = 0; k < w; ++k) o[q * ldo + k] = tmp[q * NB + k];
     }
   }
 }
@@ -87,14 +105,13 @@ struct Scratch {
 
 // Epilogue of rows [r0, r1) of a tile with rows from i0 and columns [j0, j1): reads the Gram
 // tile G_l (row stride ldg) of every layer, adds m·k to sums[0 ss, 1 cross, 2 tt] and, with
-// need_grad, overwrites G_l with C^l and adds its row sums to rowsum[l][i] and (where the
-// mirrored pair is not visited) its column sums to colsum[l][j − j0].  Columns below diag_end
-// form the diagonal block: multiplicity 1, and C is halved there when diag_both (the caller
-// applies both C·c_J and Cᵀ·c_I to the whole tile) or its column sums skipped otherwise.
+// need_grad, overwrites G_l with C^l and adds its row sums to rowsum[l][i] and its column sums
+// to colsum[l][j − j0].  Columns below diag_end form a diagonal block: multiplicity 1, and no
+// column sums there (the block holds both (i, j) and (j, i); the caller applies C·c_J once).
 template <typename T, int LT>
 void epilogue_rows(const Context<T>& cx, T* const* G, std::int64_t ldg, std::int64_t i0,
                    std::int64_t r0, std::int64_t r1, std::int64_t j0, std::int64_t j1,
-                   std::int64_t diag_end, bool diag_both, bool need_grad, double* const* rowsum,
+                   std::int64_t diag_end, bool need_grad, double* const* rowsum,
                    T* const* colsum, double* sums, Scratch<T>& sc) {
   typedef vec_t<T> V;
   constexpr int W = kLanes<T>;
@@ -119,8 +136,8 @@ void epilogue_rows(const Context<T>& cx, T* const* G, std::int64_t ldg, std::int
       if (p >= q) continue;
       const bool diag = p < diag_end;
       const int widx = a + (p >= cx.n ? 1 : 0);
-      const T cscale = static_cast<T>(-cx.w[widx] * (diag && diag_both ? 0.5 : 1.0));
-      const bool addcol = need_grad && (!diag || diag_both);
+      const T cscale = static_cast<T>(-cx.w[widx]);
+      const bool addcol = need_grad && !diag;
       V sumk{};
       for (std::int64_t c0 = p; c0 < q; c0 += kChunk) {
         const int cnt = static_cast<int>(std::min<std::int64_t>(kChunk, q - c0));
@@ -176,53 +193,24 @@ void epilogue_rows(const Context<T>& cx, T* const* G, std::int64_t ldg, std::int
 template <typename T>
 void epilogue_rows_any(const Context<T>& cx, T* const* G, std::int64_t ldg, std::int64_t i0,
                        std::int64_t r0, std::int64_t r1, std::int64_t j0, std::int64_t j1,
-                       std::int64_t diag_end, bool diag_both, bool need_grad,
-                       double* const* rowsum, T* const* colsum, double* sums, Scratch<T>& sc) {
+                       std::int64_t diag_end, bool need_grad, double* const* rowsum,
+                       T* const* colsum, double* sums, Scratch<T>& sc) {
   switch (cx.layers) {
     case 1:
-      epilogue_rows<T, 1>(cx, G, ldg, i0, r0, r1, j0, j1, diag_end, diag_both, need_grad, rowsum,
+      epilogue_rows<T, 1>(cx, G, ldg, i0, r0, r1, j0, j1, diag_end, need_grad, rowsum,
                           colsum, sums, sc);
       break;
     case 2:
-      epilogue_rows<T, 2>(cx, G, ldg, i0, r0, r1, j0, j1, diag_end, diag_both, need_grad, rowsum,
+      epilogue_rows<T, 2>(cx, G, ldg, i0, r0, r1, j0, j1, diag_end, need_grad, rowsum,
                           colsum, sums, sc);
       break;
     default:
-      epilogue_rows<T, 0>(cx, G, ldg, i0, r0, r1, j0, j1, diag_end, diag_both, need_grad, rowsum,
+      epilogue_rows<T, 0>(cx, G, ldg, i0, r0, r1, j0, j1, diag_end, need_grad, rowsum,
                           colsum, sums, sc);
   }
 }
 
-// Epilogue of one tile of the large-N path, whose Gram tiles come from the caller's BLAS and
-// whose products C·c_J and Cᵀ·c_I the caller also does.  Rows are split over threads; each
-// thread keeps its own column sums and block sums and merges them after the loop (no races).
-template <typename T>
-void tile_epilogue(const Context<T>& cx, T* const* G, std::int64_t ldg, std::int64_t i0,
-                   std::int64_t i1, std::int64_t j0, std::int64_t j1, bool need_grad,
-                   double* const* rowsum, double* sums) {
-  const std::int64_t width = j1 - j0;
-  const std::int64_t work = (i1 - i0) * width;
-#pragma omp parallel if (work > 16384)
-  {
-    std::vector<T> colbuf(need_grad ? cx.layers * (width + kLanes<T>) : 0, T(0));
-    T* colsum[kMaxLayers] = {};
-    for (int l = 0; l < cx.layers && need_grad; ++l) colsum[l] = colbuf.data() + l * (width + kLanes<T>);
-    double local[3] = {0.0, 0.0, 0.0};
-    std::unique_ptr<Scratch<T>> sc(new Scratch<T>);
-#pragma omp for schedule(static)
-    for (std::int64_t i = i0; i < i1; ++i)
-      epilogue_rows_any<T>(cx, G, ldg, i0, i, i + 1, j0, j1, i1, true, need_grad, rowsum, colsum,
-                           local, *sc);
-#pragma omp critical(dk_mmd_tile_merge)
-    {
-      for (int k = 0; k < 3; ++k) sums[k] += local[k];
-      for (int l = 0; l < cx.layers && need_grad; ++l)
-        for (std::int64_t j = 0; j < width; ++j) rowsum[l][j0 + j] += colsum[l][j];
-    }
-  }
-}
-
-// grad[i, :] = 4 (rowsum[i] · c[i, :] − acc[i, :]), written to grad (row stride ldg); acc may
+// grad[i, :] = 4 (rowsum[i] · c[i, :] − acc[i, :]), written to grad (row stride ldgr); acc may
 // alias grad.
 template <typename T>
 void finish(std::int64_t N, std::int64_t d, const T* c, std::int64_t ldc, const double* rowsum,
@@ -237,67 +225,91 @@ void finish(std::int64_t N, std::int64_t d, const T* c, std::int64_t ldc, const 
   }
 }
 
-// The whole sweep for small N in one call: tiles of kSmallTile rows, I ≤ J, distributed over
-// threads; each thread owns its accumulators for C·c and the row sums (reduced at the end).
-// c[l] is the centred copy (N × ldc[l], zero-padded columns), ct[l] its transpose
-// (d_l × ldt, zero-padded to a whole number of tiles).
+// The whole sweep in one call, with this file's GEMM micro-kernel: tiles of B rows (I ≤ J)
+// handed out dynamically to threads.  Thread 0 accumulates C·c into the output gradient, the
+// others into private buffers added at the end; row sums likewise (no two threads write one
+// location).  c[l] is the centred copy (N × ldc[l], columns d_l … ldc[l]−1 zero).
 template <typename T>
-void sweep_small(const Context<T>& cx, const T* const* c, const std::int64_t* ldc,
-                 const T* const* ct, std::int64_t ldt, const std::int64_t* dims, bool need_grad,
-                 T* const* grad, const std::int64_t* ldgrad, double* sums) {
+void sweep_direct(const Context<T>& cx, const T* const* c, const std::int64_t* ldc,
+                  const std::int64_t* dims, std::int64_t B, bool need_grad, T* const* grad,
+                  const std::int64_t* ldgrad, double* sums) {
   const std::int64_t N = cx.N;
   const int L = cx.layers;
-  const std::int64_t B = kSmallTile;
   const std::int64_t nb = (N + B - 1) / B;
-  std::vector<std::pair<std::int64_t, std::int64_t>> tiles;
-  for (std::int64_t I = 0; I < nb; ++I)
-    for (std::int64_t J = I; J < nb; ++J) tiles.emplace_back(I, J);
-  std::int64_t dsum = 0;
-  for (int l = 0; l < L; ++l) dsum += dims[l];
+  std::vector<std::int64_t> row_start(static_cast<std::size_t>(nb) + 1, 0);  // tiles before row I
+  for (std::int64_t I = 0; I < nb; ++I) row_start[I + 1] = row_start[I] + (nb - I);
+  const std::int64_t ntiles = row_start[nb];
+  std::int64_t dsum = 0, dmax = 0;
+  for (int l = 0; l < L; ++l) {
+    dsum += dims[l];
+    dmax = std::max(dmax, ldc[l]);
+  }
   // Threads pay off once the sweep is a few hundred microseconds of work.
-  const bool parallel = tiles.size() > 1 && N * N * dsum > (std::int64_t(1) << 22);
+  const bool parallel = ntiles > 1 && N * N * dsum > (std::int64_t(1) << 22);
   const int nt = parallel ? omp_get_max_threads() : 1;
   std::vector<std::vector<T>> accs(static_cast<std::size_t>(nt) * L);
   std::vector<std::vector<double>> rows(static_cast<std::size_t>(nt) * L);
   std::vector<double> tsums(static_cast<std::size_t>(nt) * 3, 0.0);
+  if (need_grad)
+    for (int l = 0; l < L; ++l)
+      for (std::int64_t i = 0; i < N; ++i) std::fill(grad[l] + i * ldgrad[l], grad[l] + i * ldgrad[l] + dims[l], T(0));
 #pragma omp parallel num_threads(nt) if (parallel)
   {
     const int t = omp_get_thread_num();
-    std::vector<T> gbuf(static_cast<std::size_t>(L) * B * B);
-    std::vector<T> colbuf(static_cast<std::size_t>(L) * (B + kLanes<T>));
+    std::vector<T> gbuf(static_cast<std::size_t>(L * B * B));
+    std::vector<T> packed(static_cast<std::size_t>(dmax * B));
+    std::vector<T> colbuf(static_cast<std::size_t>(L * (B + kLanes<T>)));
     std::unique_ptr<Scratch<T>> sc(new Scratch<T>);
     T* G[kMaxLayers] = {};
     T* colsum[kMaxLayers] = {};
     double* rowsum[kMaxLayers] = {};
+    T* acc[kMaxLayers] = {};
+    std::int64_t lda[kMaxLayers] = {};
     for (int l = 0; l < L; ++l) {
       G[l] = gbuf.data() + l * B * B;
       colsum[l] = colbuf.data() + l * (B + kLanes<T>);
-      if (need_grad) {
-        accs[t * L + l].assign(static_cast<std::size_t>(N * ldc[l]), T(0));
-        rows[t * L + l].assign(static_cast<std::size_t>(N), 0.0);
-        rowsum[l] = rows[t * L + l].data();
+      if (!need_grad) continue;
+      rows[t * L + l].assign(static_cast<std::size_t>(N), 0.0);
+      rowsum[l] = rows[t * L + l].data();
+      if (t == 0) {
+        acc[l] = grad[l];
+        lda[l] = ldgrad[l];
+      } else {
+        accs[t * L + l].assign(static_cast<std::size_t>(N * dims[l]), T(0));
+        acc[l] = accs[t * L + l].data();
+        lda[l] = dims[l];
       }
     }
 #pragma omp for schedule(dynamic, 1)
-    for (std::size_t tix = 0; tix < tiles.size(); ++tix) {
-      const std::int64_t i0 = tiles[tix].first * B, j0 = tiles[tix].second * B;
+    for (std::int64_t tix = 0; tix < ntiles; ++tix) {
+      const std::int64_t I =
+          std::upper_bound(row_start.begin(), row_start.end(), tix) - row_start.begin() - 1;
+      const std::int64_t J = I + (tix - row_start[I]);
+      const std::int64_t i0 = I * B, j0 = J * B;
       const std::int64_t i1 = std::min(i0 + B, N), j1 = std::min(j0 + B, N);
-      const bool diag = i0 == j0;
-      const std::int64_t ncols = (j1 - j0 + 2 * kLanes<T> - 1) / (2 * kLanes<T>) * (2 * kLanes<T>);
-      for (int l = 0; l < L; ++l)
-        gemm<T, false>(i1 - i0, dims[l], ncols, c[l] + i0 * ldc[l], ldc[l], 1, ct[l] + j0, ldt,
-                       G[l], B);
+      const bool diag = I == J;
+      for (int l = 0; l < L; ++l) {
+        // Pack c_J transposed (d × B, zero beyond j1) so the Gram tile is a plain A·B product.
+        const std::int64_t d = dims[l];
+        T* bt = packed.data();
+        for (std::int64_t k = 0; k < d; ++k) {
+          for (std::int64_t j = j0; j < j1; ++j) bt[k * B + (j - j0)] = c[l][j * ldc[l] + k];
+          for (std::int64_t j = j1 - j0; j < B; ++j) bt[k * B + j] = T(0);
+        }
+        gemm<T, false>(i1 - i0, d, B, c[l] + i0 * ldc[l], ldc[l], 1, bt, B, G[l], B);
+      }
       if (need_grad)
         for (int l = 0; l < L; ++l) std::fill(colsum[l], colsum[l] + B + kLanes<T>, T(0));
-      epilogue_rows_any<T>(cx, G, B, i0, i0, i1, j0, j1, diag ? j1 : j0, false, need_grad, rowsum,
+      epilogue_rows_any<T>(cx, G, B, i0, i0, i1, j0, j1, diag ? j1 : j0, need_grad, rowsum,
                            colsum, &tsums[3 * t], *sc);
       if (!need_grad) continue;
       for (int l = 0; l < L; ++l) {
-        T* acc = accs[t * L + l].data();
-        const std::int64_t ld = ldc[l];
-        gemm<T, true>(i1 - i0, j1 - j0, ld, G[l], B, 1, c[l] + j0 * ld, ld, acc + i0 * ld, ld);
+        const std::int64_t ld = ldc[l], d = dims[l];
+        gemm<T, true>(i1 - i0, j1 - j0, d, G[l], B, 1, c[l] + j0 * ld, ld, acc[l] + i0 * lda[l],
+                      lda[l]);
         if (diag) continue;
-        gemm<T, true>(j1 - j0, i1 - i0, ld, G[l], 1, B, c[l] + i0 * ld, ld, acc + j0 * ld, ld);
+        gemm<T, true>(j1 - j0, i1 - i0, d, G[l], 1, B, c[l] + i0 * ld, ld, acc[l] + j0 * lda[l],
+                      lda[l]);
         for (std::int64_t j = j0; j < j1; ++j) rowsum[l][j] += colsum[l][j - j0];
       }
     }
@@ -306,14 +318,17 @@ void sweep_small(const Context<T>& cx, const T* const* c, const std::int64_t* ld
     for (int k = 0; k < 3; ++k) sums[k] += tsums[3 * t + k];
   if (!need_grad) return;
   for (int l = 0; l < L; ++l) {
-    T* acc = accs[l].data();
     double* rs = rows[l].data();
-    for (int t = 1; t < nt; ++t) {
-      const T* other = accs[t * L + l].data();
-      const double* ors = rows[t * L + l].data();
-      for (std::int64_t k = 0; k < N * ldc[l]; ++k) acc[k] += other[k];
-      for (std::int64_t i = 0; i < N; ++i) rs[i] += ors[i];
+    const std::int64_t d = dims[l];
+#pragma omp parallel for schedule(static) if (parallel)
+    for (std::int64_t i = 0; i < N; ++i) {
+      T* gi = grad[l] + i * ldgrad[l];
+      for (int t = 1; t < nt; ++t) {
+        const T* other = accs[t * L + l].data() + i * d;
+        for (std::int64_t k = 0; k < d; ++k) gi[k] += other[k];
+        rs[i] += rows[t * L + l][i];
+      }
     }
-    finish<T>(N, dims[l], c[l], ldc[l], rs, acc, ldc[l], grad[l], ldgrad[l]);
+    finish<T>(N, d, c[l], ldc[l], rs, grad[l], ldgrad[l], grad[l], ldgrad[l]);
   }
 }

@@ -7,9 +7,8 @@ Error measures (the bars of issue 2):
   kernel.  The sum of the terms' magnitudes is the scale at which the float32 sums are formed.
 * gradient: ‖g_cpu − g_ref‖ / ‖g_ref‖ per layer.
 
-Both code paths are covered at small sizes by moving the threshold (``SMALL_N``) and the tile
-shape (``ROWS`` × ``COLS``) of the large-N path; one test runs the large-N path at its default
-tiles above the default threshold.
+Tile shapes are varied (``SMALL_TILE`` / ``LARGE_TILE``) so that small inputs also run through
+many tiles, partial tiles and several threads; one test runs N = 3000 at the default tiles.
 """
 
 from __future__ import annotations
@@ -62,12 +61,15 @@ def _check(zs, n, factors, relative, estimator="unbiased"):
     assert max(grad_errs) <= GRAD_TOL[dtype], grad_errs
 
 
+def _set_tile(monkeypatch, tile: int) -> None:
+    monkeypatch.setattr(cpu, "SMALL_TILE", tile)
+    monkeypatch.setattr(cpu, "LARGE_TILE", tile)
+
+
 @pytest.fixture
 def tiled(monkeypatch):
-    """Forces the BLAS-tiled path with small tiles (several row blocks and column chunks)."""
-    monkeypatch.setattr(cpu, "SMALL_N", 0)
-    monkeypatch.setattr(cpu, "ROWS", 48)
-    monkeypatch.setattr(cpu, "COLS", 96)
+    """Smallest tiles: a 150-row batch becomes 15 tiles (I ≤ J), the last ones partial."""
+    _set_tile(monkeypatch, 32)
 
 
 @st.composite
@@ -83,7 +85,7 @@ def problems(draw):
         N=N, n=n, dims=dims, banks=banks,
         estimator=draw(st.sampled_from(["biased", "unbiased"])),
         dtype=draw(st.sampled_from([torch.float32, torch.float64])),
-        path=draw(st.sampled_from(["default", "tiled"])),
+        tile=draw(st.sampled_from([0, 32, 64, 128])),  # 0: the default choice
         seed=draw(st.integers(0, 2**31 - 1)),
     )
 
@@ -99,10 +101,8 @@ def _bank(kind: str, d: int) -> tuple:
 @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
 @given(problems())
 def test_sweep_matches_reference(monkeypatch, p):
-    if p["path"] == "tiled":
-        monkeypatch.setattr(cpu, "SMALL_N", 0)
-        monkeypatch.setattr(cpu, "ROWS", 64)
-        monkeypatch.setattr(cpu, "COLS", 192)
+    if p["tile"]:
+        _set_tile(monkeypatch, p["tile"])
     gen = torch.Generator().manual_seed(p["seed"])
     N, n = p["N"], p["n"]
     zs = []
@@ -155,9 +155,9 @@ def test_identical_rows_are_finite(request, path, dtype):
     assert torch.isfinite(value) and abs(float(value)) < 1e-4
 
 
-def test_large_n_tiled_path_at_default_tiles():
+def test_large_n_at_default_tiles():
     N, n, d = 3000, 1400, 24
-    assert N > cpu.SMALL_N and N > cpu.ROWS
+    assert N > 20 * cpu.LARGE_TILE
     gen = torch.Generator().manual_seed(3)
     z = torch.randn(N, d, generator=gen)
     z[n:] += 0.3
@@ -183,15 +183,13 @@ def test_no_grad_and_non_contiguous(request, path):
 
 @pytest.mark.parametrize("path", ["default", "tiled"])
 def test_gradcheck_mmd_and_jmmd(monkeypatch, path):
-    if path == "tiled":  # 3 row blocks, chunks of 2 blocks: every kind of tile
-        monkeypatch.setattr(cpu, "SMALL_N", 0)
-        monkeypatch.setattr(cpu, "ROWS", 16)
-        monkeypatch.setattr(cpu, "COLS", 32)
+    if path == "tiled":
+        _set_tile(monkeypatch, 32)
     gen = torch.Generator().manual_seed(5)
-    s = torch.randn(21, 4, generator=gen, dtype=torch.float64, requires_grad=True)
-    t = (torch.randn(17, 4, generator=gen, dtype=torch.float64) + 0.4).requires_grad_()
-    s2 = torch.randn(21, 2, generator=gen, dtype=torch.float64, requires_grad=True)
-    t2 = torch.randn(17, 2, generator=gen, dtype=torch.float64, requires_grad=True)
+    s = torch.randn(41, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    t = (torch.randn(37, 4, generator=gen, dtype=torch.float64) + 0.4).requires_grad_()
+    s2 = torch.randn(41, 2, generator=gen, dtype=torch.float64, requires_grad=True)
+    t2 = torch.randn(37, 2, generator=gen, dtype=torch.float64, requires_grad=True)
     fixed = dk.GaussianKernels(sigmas=[1.0, 2.0, 3.0])
     # Relative bandwidths are detached, so gradcheck needs fixed ones to compare finite
     # differences; the relative bank is checked against the reference above.
@@ -234,7 +232,7 @@ def _raw(**over):
     z = torch.randn(10, 4)
     args = dict(ptrs=[z.data_ptr()], rows=[10], cols=[4], row_strides=[4], col_strides=[1],
                 dtype="float32", n=5, factors=[ALPHAS], relative=[True],
-                weights=[1.0, -1.0, 1.0], grad_ptrs=[], grad_row_strides=[])
+                weights=[1.0, -1.0, 1.0], grad_ptrs=[], grad_row_strides=[], tile=32)
     args.update(over)
     return z, args
 
@@ -268,7 +266,7 @@ def test_raw_entry_point_validates_before_touching_memory(over, exc):
         _C.mmd_sweep(**args)
 
 
-def test_raw_layer_limits_and_tile_bounds():
+def test_raw_layer_limits_and_tile_size():
     z, args = _raw()
     nine = dict(ptrs=[z.data_ptr()] * 9, rows=[10] * 9, cols=[4] * 9, row_strides=[4] * 9,
                 col_strides=[1] * 9, factors=[ALPHAS] * 9, relative=[True] * 9)
@@ -278,19 +276,6 @@ def test_raw_layer_limits_and_tile_bounds():
                  col_strides=[1, 1], factors=[ALPHAS] * 2, relative=[True] * 2)
     with pytest.raises(ValueError, match="rows"):
         _C.mmd_sweep(**{**args, **rows2})
-    c = torch.empty(10, 4)
-    g = torch.empty(10, 10)
-    kw = {k: v for k, v in args.items() if not k.startswith("grad")}
-    sweep = _C.MMDSweep(**kw, centred=[c.data_ptr()], need_grad=True)
-    for bounds in [(0, 11, 0, 10), (5, 4, 5, 10), (4, 8, 2, 10), (4, 8, 6, 10), (0, 4, 0, 0)]:
-        with pytest.raises(ValueError):
-            sweep.tile([g.data_ptr()], 10, *bounds)
-    with pytest.raises(ValueError):
-        sweep.tile([g.data_ptr()], 3, 0, 4, 0, 10)  # leading dimension below the width
-    with pytest.raises(ValueError):
-        sweep.tile([], 10, 0, 4, 0, 10)
-    with pytest.raises(ValueError):
-        _C.MMDSweep(**kw, centred=[0], need_grad=True)
-    no_grad = _C.MMDSweep(**kw, centred=[c.data_ptr()], need_grad=False)
-    with pytest.raises(ValueError):
-        no_grad.finish([g.data_ptr()])
+    for tile in (0, 16, 48, 2048):
+        with pytest.raises(ValueError, match="tile"):
+            _C.mmd_sweep(**{**args, "tile": tile})
