@@ -74,7 +74,8 @@ UNBIASED = lambda n, m: (1.0 / (n * (n - 1)), -1.0 / (n * m), 1.0 / (m * (m - 1)
 @here
 @pytest.mark.parametrize(
     "n,m,d",
-    [(5, 7, 3), (2, 2, 1), (70, 80, 1), (33, 40, 127), (9, 14, 1000)],
+    # one program (N ≤ 64), flash (d ≤ 256), general sweep (d > 256)
+    [(5, 7, 3), (2, 2, 1), (9, 14, 1000), (70, 80, 1), (33, 40, 127), (40, 31, 300)],
 )
 @pytest.mark.parametrize("need_grad", [True, False])
 def test_mmd_sweep_matches_reference(n, m, d, need_grad):
@@ -90,10 +91,12 @@ def test_mmd_sweep_matches_reference(n, m, d, need_grad):
 def test_general_bank_and_offset_data():
     """Bandwidths that are not a doubling series take one exp per kernel; a far-away mean."""
     torch.manual_seed(1)
-    z = 1e3 + torch.randn(45, 17)
-    for factors, relative in (([0.7, 1.9, 5.0], True), ([8.0, 30.0], False)):
-        value_err, grad_errs = _sweep_errors([z], 20, [factors], [relative], UNBIASED(20, 25), True)
-        assert value_err <= 1e-5 and grad_errs[0] <= 1e-4
+    for rows in (45, 90):  # one-program and flash paths
+        z = 1e3 + torch.randn(rows, 17)
+        for factors, relative in (([0.7, 1.9, 5.0], True), ([8.0, 30.0], False)):
+            value_err, grad_errs = _sweep_errors(
+                [z], 20, [factors], [relative], UNBIASED(20, rows - 20), True)
+            assert value_err <= 1e-5 and grad_errs[0] <= 1e-4
 
 
 @here
@@ -128,10 +131,10 @@ def test_half_precision_inputs(dtype):
     if dtype == torch.bfloat16 and not ON_GPU:
         pytest.skip("triton 3.9 interpreter: tl.dot on bfloat16 multiplies the raw bit patterns")
     torch.manual_seed(3)
-    n, m = 30, 41
-    z = torch.cat([torch.randn(n, 127) + 0.3, torch.randn(m, 127)])
-    value_err, grad_errs = _sweep_errors([z], n, [ALPHAS], [True], UNBIASED(n, m), True, dtype)
-    assert value_err <= 1e-2 and grad_errs[0] <= 1e-2
+    for n, m in ((30, 41), (12, 9)):  # flash and one-program paths
+        z = torch.cat([torch.randn(n, 127) + 0.3, torch.randn(m, 127)])
+        value_err, grad_errs = _sweep_errors([z], n, [ALPHAS], [True], UNBIASED(n, m), True, dtype)
+        assert value_err <= 1e-2 and grad_errs[0] <= 1e-2
 
 
 def _leaves(args: dict) -> list:

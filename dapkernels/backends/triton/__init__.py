@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import triton  # noqa: F401  (ImportError here marks the backend unavailable)
 
+from .coral import coral_sweep
 from .mmd import mmd_sweep
 
-__all__ = ["mmd_sweep"]
+__all__ = ["coral_sweep", "mmd_sweep"]

@@ -18,13 +18,16 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
-#: torch dtype name → (packed compute dtype, gradient dtype) as Triton pointer types.
+#: torch dtype name → (input pointer, packed compute dtype, gradient pointer) as Triton types.
+#: float64 inputs are packed, computed and differentiated in float32 (see ``mmd.py``), so past
+#: ``prep_kernel`` they compile to the float32 kernels.
 DTYPES = {
-    "float32": ("fp32", "fp32"),
-    "float64": ("fp32", "fp64"),
-    "float16": ("fp16", "fp16"),
-    "bfloat16": ("bf16", "bf16"),
+    "float32": ("fp32", "fp32", "fp32"),
+    "float64": ("fp64", "fp32", "fp32"),
+    "float16": ("fp16", "fp16", "fp16"),
+    "bfloat16": ("bf16", "bf16", "bf16"),
 }
+SWEEP_DTYPES = ("float32", "float16", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -44,70 +47,113 @@ class Job:
         return f"{self.kernel} {self.dtype} {c} warps={self.num_warps} stages={self.num_stages}"
 
 
-def shipped_jobs(archs: list[int]) -> list[Job]:
-    """Every configuration ``mmd_sweep`` can launch: dtypes × gradient groups × layer modes."""
-    from .mmd import _PREP_BLOCK_R, CONFIGS, MAX_GROUP
+def _precisions(dtype: str) -> tuple[str, ...]:
+    return ("tf32", "tf32x3") if dtype == "float32" else ("tf32",)
 
-    jobs = []
+
+def shipped_jobs(archs: list[int]) -> list[Job]:
+    """Every configuration the Triton backend can launch, for each target in ``archs``.
+
+    Axes: input dtype, tl.dot precision, gradient or not, and per kernel its tile constexprs
+    (flash: width DP; sweep: gradient group DG and layer mode; squaring or one exp per kernel).
+    """
+    from .coral import coral_jobs
+    from .mmd import (
+        _PREP_BLOCK_C,
+        _PREP_BLOCK_R,
+        CONFIGS,
+        FLASH_CONFIGS,
+        MAX_GROUP,
+        SMALL_BD,
+        SMALL_BN,
+        SMALL_WARPS,
+    )
+
+    jobs: list[Job] = []
     for arch in archs:
         for dtype in DTYPES:
-            half = dtype in ("float16", "bfloat16")
-            precisions = ("tf32",) if half else ("tf32", "tf32x3")
             jobs.append(Job("prep_kernel", dtype, (("BLOCK_R", _PREP_BLOCK_R),
-                                                   ("BLOCK_C", CONFIGS[(True, half)].BD)),
-                            4, 3, arch))
-            for has_grad in (True, False):
-                cfg = CONFIGS[(has_grad, half)]
-                for prec in precisions:
+                                                   ("BLOCK_C", _PREP_BLOCK_C)), 4, 3, arch))
+        for dtype in SWEEP_DTYPES:
+            half = dtype != "float32"
+            for prec in _precisions(dtype):
+                x3 = prec == "tf32x3"
+                for grad in (True, False):
+                    for square in (True, False):
+                        jobs.append(Job("small_kernel", dtype, (
+                            ("BN", SMALL_BN), ("BD", SMALL_BD), ("SQUARE", square),
+                            ("HAS_GRAD", grad), ("DOT_PREC", prec)), SMALL_WARPS, 3, arch))
+                        for dp in (64, 128, 256):
+                            cfg = FLASH_CONFIGS[(grad, half, x3, dp)]
+                            jobs.append(Job("flash_kernel", dtype, (
+                                ("B_M", cfg.B_M), ("B_N", cfg.B_N), ("DP", dp), ("SQUARE", square),
+                                ("HAS_GRAD", grad), ("DOT_PREC", prec)),
+                                cfg.num_warps, cfg.num_stages, arch))
+                    cfg = CONFIGS[(grad, half, x3)]
                     for one_layer in (True, False):
-                        groups = [g for g in (32, 64, 128, 256)
-                                  if cfg.BD <= g <= MAX_GROUP[one_layer]]
-                        for dg in groups if has_grad else [cfg.BD]:
-                            const = (("B_M", cfg.B_M), ("B_N", cfg.B_N), ("BD", cfg.BD),
-                                     ("DG", dg), ("HAS_GRAD", has_grad),
-                                     ("ONE_LAYER", one_layer), ("DOT_PREC", prec))
-                            jobs.append(Job("sweep_kernel", dtype, const, cfg.num_warps,
-                                            cfg.num_stages, arch))
+                        groups = [g for g in (32, 64, 128)
+                                  if cfg.BD <= g <= MAX_GROUP[(one_layer, x3)]]
+                        for dg in groups if grad else [cfg.BD]:
+                            jobs.append(Job("sweep_kernel", dtype, (
+                                ("B_M", cfg.B_M), ("B_N", cfg.B_N), ("BD", cfg.BD), ("DG", dg),
+                                ("HAS_GRAD", grad), ("ONE_LAYER", one_layer), ("DOT_PREC", prec)),
+                                cfg.num_warps, cfg.num_stages, arch))
+        jobs += [Job(k, dt, c, w, st, arch) for k, dt, c, w, st in coral_jobs()]
     return jobs
 
 
 def subset_jobs() -> list[Job]:
-    """A representative few for the test suite: gradient at the widest group, both layer modes,
-    half precision, the symmetric forward, the packing kernel; sm_80 and sm_90."""
-    from .mmd import MAX_GROUP
-
-    jobs = shipped_jobs([80, 90])
-    pick = []
-    for j in jobs:
+    """The test suite's subset: each kernel family (kernel × gradient or not) once, in its most
+    demanding shipped configuration (3×TF32 where it exists, widest tile, JMMD mode, one exp
+    per kernel), for sm_80 — where the register file spills first — and the flash and general
+    gradient kernels for sm_90 as well."""
+    cost = {"tf32x3": 2, "tf32": 1}
+    best: dict[tuple, tuple] = {}
+    for j in shipped_jobs([80, 90]):
         c = dict(j.constexprs)
-        if j.kernel == "prep_kernel":
-            keep = j.dtype == "float16" and j.arch == 80
-        elif c["HAS_GRAD"]:
-            widest = c["DG"] == MAX_GROUP[c["ONE_LAYER"]]
-            keep = widest and c["DOT_PREC"] == "tf32" and (
-                (j.dtype == "float32" and c["ONE_LAYER"] and j.arch == 90)
-                or (j.dtype == "bfloat16" and not c["ONE_LAYER"] and j.arch == 80))
-        else:
-            keep = j.dtype == "float32" and c["DOT_PREC"] == "tf32x3" and c["ONE_LAYER"] \
-                and j.arch == 90
-        if keep:
-            pick.append(j)
-    return pick
+        grad = c.get("HAS_GRAD")
+        if j.arch == 90 and not (grad and j.kernel in ("flash_kernel", "sweep_kernel")):
+            continue
+        rank = (cost.get(str(c.get("DOT_PREC")), 0), j.dtype == "float32",
+                c.get("DP", 0) + c.get("DG", 0) + c.get("BN", 0), not c.get("ONE_LAYER", True),
+                not c.get("SQUARE", True))
+        key = (j.kernel, grad, j.arch)
+        if key not in best or rank > best[key][0]:
+            best[key] = (rank, j)
+    return [j for _, j in best.values()]
 
 
 def _signature(job: Job) -> dict[str, str]:
-    packed, grad = DTYPES[job.dtype]
+    z_in, packed, grad = DTYPES[job.dtype]
     const = {k: "constexpr" for k, _ in job.constexprs}
+    if job.kernel.startswith("coral_"):
+        from .coral import coral_signature
+
+        return {**coral_signature(job.kernel, z_in), **const}
+    weights = {"w_ss": "fp32", "w_st": "fp32", "w_tt": "fp32"}
     if job.kernel == "prep_kernel":
-        z_type = "*fp64" if job.dtype == "float64" else "*" + packed
-        return {"z_ptr": z_type, "zp_ptr": "*" + packed,
-                "sq_ptr": "*fp32", "stats_ptr": "*fp64", "N": "i32", "d": "i32",
-                "stride_z": "i32", "stride_p": "i32", "col_off": "i32", "rows_per_prog": "i32",
-                **const}
+        return {"z_ptr": "*" + z_in, "zp_ptr": "*" + packed, "sq_ptr": "*fp32",
+                "stats_ptr": "*fp64", "N": "i32", "d": "i32", "dpad": "i32", "stride_z": "i32",
+                "stride_p": "i32", "col_off": "i32", "rows_per_prog": "i32", **const}
+    if job.kernel == "small_kernel":
+        return {"z_ptr": "*" + z_in, "bank_ptr": "*fp32", "grad_ptr": "*" + grad,
+                "sums_ptr": "*fp64", "N": "i32", "n": "i32", "d": "i32", "stride_z": "i32",
+                "q_count": "i32", "relative": "i32", **weights, **const}
+    if job.kernel == "flash_kernel":
+        return {"zp_ptr": "*" + packed, "sq_ptr": "*fp32", "stats_ptr": "*fp64",
+                "bank_ptr": "*fp32", "grad_ptr": "*" + grad, "sums_ptr": "*fp64", "N": "i32",
+                "n": "i32", "d": "i32", "stride_p": "i32", "q_count": "i32", "relative": "i32",
+                **weights, **const}
     return {"zp_ptr": "*" + packed, "sq_ptr": "*fp32", "stats_ptr": "*fp64", "layer_ptr": "*i32",
             "bank_ptr": "*fp32", "group_ptr": "*i32", "grad_ptr": "*" + grad, "sums_ptr": "*fp64",
             "N": "i32", "n": "i32", "L": "i32", "stride_p": "i32", "stride_g": "i32",
-            "w_ss": "fp32", "w_st": "fp32", "w_tt": "fp32", **const}
+            **weights, **const}
+
+
+def _kernel(name: str):
+    from . import coral_kernels, mmd_kernels
+
+    return getattr(coral_kernels if name.startswith("coral_") else mmd_kernels, name)
 
 
 def compile_job(job: Job) -> dict[str, object]:
@@ -116,11 +162,10 @@ def compile_job(job: Job) -> dict[str, object]:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from . import mmd_kernels
-
-    fn = getattr(mmd_kernels, job.kernel)
+    fn = _kernel(job.kernel)
     sig = _signature(job)
-    # Mirror the launcher's specialisation: pointers and the packed row stride are 16-aligned.
+    # Mirror the launcher's specialisation: pointers and packed row strides are 16-aligned
+    # (the launcher specialises on it; float64 → float32 packing keeps it).
     aligned = [i for i, (name, ty) in enumerate(sig.items())
                if ty.startswith("*") or name in ("stride_p", "stride_g")]
     src = ASTSource(fn, sig, constexprs=dict(job.constexprs),
@@ -142,6 +187,8 @@ def compile_job(job: Job) -> dict[str, object]:
         "registers": int(regs[-1]) if regs else -1,
         "spill_bytes": sum(int(a) + int(b) for a, b in spills) if spills else -1,
         "shared_bytes": int(kernel.metadata.shared),
+        # tensor-core instruction selected: Hopper warpgroup MMA, Ampere mma.sync, or none
+        "mma": next((m for m in ("wgmma", "mma.sync") if m in kernel.asm["ptx"]), "fma"),
     }
 
 
@@ -167,14 +214,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     jobs = subset_jobs() if args.subset else shipped_jobs(args.arch)
     results = run(jobs, args.jobs)
-    print(f"{'sm':>3} {'regs':>4} {'spill':>5} {'smem':>6}  kernel / configuration")
+    print(f"{'sm':>3} {'regs':>4} {'spill':>5} {'smem':>6} {'mma':>8}  kernel / configuration")
     bad = 0
     for job, res in results:
         if "error" in res:
-            print(f"{job.arch:>3} {'ERR':>4} {'-':>5} {'-':>6}  {job.label}: {res['error']}")
+            print(f"{job.arch:>3} {'ERR':>4} {'-':>5} {'-':>6} {'-':>8}  {job.label}: "
+                  f"{res['error']}")
         else:
             print(f"{job.arch:>3} {res['registers']:>4} {res['spill_bytes']:>5} "
-                  f"{res['shared_bytes']:>6}  {job.label}")
+                  f"{res['shared_bytes']:>6} {res['mma']:>8}  {job.label}")
         bad += failed(res)
     print(f"{len(results)} configurations, {bad} failed (compile error or spills)")
     return 1 if bad else 0

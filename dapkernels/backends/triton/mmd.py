@@ -1,9 +1,12 @@
-"""Host side of the Triton MMD / JMMD sweep: packing, tables, launch configuration.
+"""Host side of the Triton MMD / JMMD sweep: packing, tables, kernel and launch configuration.
 
 The contract is ``backends.reference.mmd_sweep``.  Everything stays on the device: the
 bandwidths are computed by the kernels from device-side statistics (no host sync), the block
-sums come back as a float64 device tensor.  Per call: one memset, one ``prep_kernel`` launch
-per layer and one ``sweep_kernel`` launch.
+sums come back as a float64 device tensor.  Per call, one of:
+
+* one layer, N ≤ 64: one ``small_kernel`` launch (no memset, no packing);
+* one layer, d ≤ 256: one memset, ``prep_kernel``, ``flash_kernel``;
+* otherwise (JMMD, wide layers): one memset, ``prep_kernel`` per layer, ``sweep_kernel``.
 """
 
 from __future__ import annotations
@@ -18,24 +21,32 @@ import triton
 from . import mmd_kernels as K
 
 #: compute dtype of the packed buffer and of the tile GEMMs, per input dtype.  float64 inputs
-#: are computed in float32 (the GPU kernels accumulate in float32 throughout).
+#: are computed in float32 (the GPU kernels accumulate in float32 throughout) and their
+#: gradient is written in float32, then converted.
 _COMPUTE_DTYPE = {
     torch.float32: torch.float32,
     torch.float64: torch.float32,
     torch.float16: torch.float16,
     torch.bfloat16: torch.bfloat16,
 }
-#: widest gradient column group held in registers, per (one layer?): JMMD keeps one more
-#: tile live (the product of the other layers) and spills at 256 on sm_80 (see the AOT table).
-MAX_GROUP = {True: 256, False: 128}
 _PREP_BLOCK_R = 64
+_PREP_BLOCK_C = 32
 _PREP_MAX_PROGRAMS = 1024
 MAX_LAYERS = K.MAX_LAYERS.value
+#: largest N of the one-program path (its Gram tile is SMALL_BN × SMALL_BN).
+SMALL_BN = 64
+SMALL_BD = 32
+SMALL_WARPS = 8
+#: widest layer of the flash path: Y_I (B_M × 256) and the gradient stay in registers.
+FLASH_MAX_D = 256
 
 
 @dataclass(frozen=True)
 class SweepConfig:
-    """One launch configuration of ``sweep_kernel`` (tile sizes, warps, pipeline stages)."""
+    """One launch configuration of a sweep kernel (tile sizes, warps, pipeline stages).
+
+    ``BD`` is the d-chunk of ``sweep_kernel`` (unused by ``flash_kernel``, which takes all d).
+    """
 
     B_M: int
     B_N: int
@@ -44,20 +55,56 @@ class SweepConfig:
     num_stages: int
 
 
-#: The shipped configurations, chosen with ``python -m dapkernels.backends.triton.aot``: the
-#: widest tiles that compile without spills for sm_80 and sm_90 (4 warps spill at 64×64 with a
-#: 256-column gradient group; 8 warps do not).  Key: (has_grad, half precision).
-CONFIGS: dict[tuple[bool, bool], SweepConfig] = {
-    (True, False): SweepConfig(B_M=64, B_N=64, BD=32, num_warps=8, num_stages=2),
-    (True, True): SweepConfig(B_M=64, B_N=64, BD=64, num_warps=8, num_stages=2),
-    (False, False): SweepConfig(B_M=128, B_N=64, BD=32, num_warps=8, num_stages=2),
-    (False, True): SweepConfig(B_M=128, B_N=64, BD=64, num_warps=8, num_stages=2),
+#: ``sweep_kernel`` configurations, key (has_grad, half precision, 3×TF32), and the widest
+#: gradient column group per key: chosen with ``python -m dapkernels.backends.triton.aot`` as
+#: the widest tiles that compile without spills for sm_80 and sm_90 (3×TF32 splits each operand
+#: in two, hence smaller tiles).
+CONFIGS: dict[tuple[bool, bool, bool], SweepConfig] = {
+    (True, False, False): SweepConfig(B_M=64, B_N=64, BD=32, num_warps=8, num_stages=2),
+    (True, False, True): SweepConfig(B_M=64, B_N=32, BD=32, num_warps=8, num_stages=2),
+    (True, True, False): SweepConfig(B_M=64, B_N=64, BD=64, num_warps=8, num_stages=2),
+    (False, False, False): SweepConfig(B_M=128, B_N=64, BD=32, num_warps=8, num_stages=2),
+    (False, False, True): SweepConfig(B_M=64, B_N=64, BD=32, num_warps=8, num_stages=2),
+    (False, True, False): SweepConfig(B_M=128, B_N=64, BD=64, num_warps=8, num_stages=2),
 }
+MAX_GROUP: dict[tuple[bool, bool], int] = {  # key (one layer, 3×TF32)
+    (True, False): 128, (False, False): 128, (True, True): 64, (False, True): 64,
+}
+#: ``flash_kernel`` configurations, key (has_grad, half precision, 3×TF32, DP).  d = 256 uses
+#: the fastest of the candidates timed on an H100 (``benchmarks/triton_cuda_timing.py
+#: --variants``): 128×32 tiles on 8 warps in float32, 64×64 on 4 warps in half precision.
+FLASH_CONFIGS: dict[tuple[bool, bool, bool, int], SweepConfig] = {
+    (g, h, x3, dp): SweepConfig(B_M=64, B_N=64 if dp <= 128 else 32, BD=dp, num_warps=4,
+                                num_stages=2)
+    for g in (True, False) for h in (False, True) for x3 in ((False,) if h else (False, True))
+    for dp in (64, 128, 256)
+}
+for _g in (True, False):
+    FLASH_CONFIGS[(_g, False, False, 256)] = SweepConfig(128, 32, 256, 8, 2)
+    FLASH_CONFIGS[(_g, True, False, 256)] = SweepConfig(64, 64, 256, 4, 2)
 
 
-def group_width(dpad_max: int, bd: int, one_layer: bool) -> int:
-    """Columns of the gradient held in registers by one program: a power of two in [BD, 256]."""
-    return max(bd, min(MAX_GROUP[one_layer], triton.next_power_of_2(dpad_max)))
+def sweep_config(need_grad: bool, cdt: torch.dtype, prec: str) -> SweepConfig:
+    """``sweep_kernel`` configuration for a compute dtype and tl.dot precision."""
+    half = cdt != torch.float32
+    return CONFIGS[(need_grad, half, prec == "tf32x3" and not half)]
+
+
+def flash_config(need_grad: bool, cdt: torch.dtype, prec: str, dp: int) -> SweepConfig:
+    """``flash_kernel`` configuration for a compute dtype, tl.dot precision and width DP."""
+    half = cdt != torch.float32
+    return FLASH_CONFIGS[(need_grad, half, prec == "tf32x3" and not half, dp)]
+
+
+def flash_width(d: int) -> int:
+    """Packed row width of the flash path: a power of two ≥ 64 (tl.arange and tl.dot shapes)."""
+    return max(64, triton.next_power_of_2(d))
+
+
+def group_width(dpad_max: int, bd: int, one_layer: bool, prec: str) -> int:
+    """Columns of the gradient held in registers by one program: a power of two in [BD, max]."""
+    widest = MAX_GROUP[(one_layer, prec == "tf32x3")]
+    return max(bd, min(widest, triton.next_power_of_2(dpad_max)))
 
 
 def dot_precision(dtype: torch.dtype) -> str:
@@ -71,10 +118,32 @@ def dot_precision(dtype: torch.dtype) -> str:
     return "tf32x3" if torch.get_float32_matmul_precision() == "highest" else "tf32"
 
 
-def _is_doubling(factors: Sequence[float]) -> bool:
-    """True when the sorted factors form a geometric series of ratio 2 (γ_q = γ_0 · 2^q)."""
+def _squaring(factors: Sequence[float]) -> bool:
+    """True when the sorted factors form a geometric series of ratio 2 (γ_q = γ_0 · 2^q) short
+    enough for the unrolled squaring chain."""
     f = sorted(factors, reverse=True)
-    return all(math.isclose(a, 2.0 * b, rel_tol=1e-12) for a, b in zip(f, f[1:]))
+    return len(f) <= K.MAX_SQUARINGS.value and all(
+        math.isclose(a, 2.0 * b, rel_tol=1e-12) for a, b in zip(f, f[1:]))
+
+
+def _bank_list(factors: Sequence[float]) -> list[float]:
+    """``[γ_max, γ_0, γ_1, …]`` with γ = 1/(2 factor); doubling banks sorted widest first."""
+    gs = [0.5 / f for f in (sorted(factors, reverse=True) if _squaring(factors) else factors)]
+    return [max(gs)] + gs
+
+
+_BANKS: dict[tuple, torch.Tensor] = {}
+
+
+def _bank_table(factors: tuple, device: torch.device) -> torch.Tensor:
+    """One layer's bank (float32) on ``device``, cached."""
+    key = (factors, str(device))
+    hit = _BANKS.get(key)
+    if hit is None:
+        if len(_BANKS) >= 256:
+            _BANKS.clear()
+        hit = _BANKS[key] = torch.tensor(_bank_list(factors), dtype=torch.float32, device=device)
+    return hit
 
 
 _TABLES: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
@@ -92,10 +161,8 @@ def _tables(key: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tenso
     col = stats = 0
     for l, (d, fs, rel) in enumerate(zip(dims, factors, relative)):
         dpad = triton.cdiv(d, bd) * bd
-        squaring = _is_doubling(fs)
-        gs = [0.5 / f for f in (sorted(fs, reverse=True) if squaring else fs)]
-        layers += [col, dpad, d, stats, len(bank), len(fs), int(rel), int(squaring)]
-        bank += [max(gs)] + gs
+        layers += [col, dpad, d, stats, len(bank), len(fs), int(rel), int(_squaring(fs))]
+        bank += _bank_list(fs)
         for c0 in range(col, col + dpad, dg):
             groups += [l, c0, min(c0 + dg, col + dpad)]
         col += dpad
@@ -109,6 +176,61 @@ def _tables(key: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tenso
         _TABLES.clear()
     _TABLES[key] = out
     return out
+
+
+def _flat_grad(grad: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The gradient in the input dtype (float64 inputs get a float32 kernel result)."""
+    return grad if grad.dtype == dtype else grad.to(dtype)
+
+
+def _small(z: torch.Tensor, n: int, factors: tuple, rel: bool, weights: Sequence[float],
+           need_grad: bool) -> tuple:
+    N, d = z.shape
+    sums = torch.empty(3, dtype=torch.float64, device=z.device)
+    grad = torch.empty((N, d), dtype=torch.float32 if z.dtype == torch.float64 else z.dtype,
+                       device=z.device) if need_grad else sums
+    if z.dtype == torch.float64:
+        z = z.float()
+    K.small_kernel[(1,)](
+        z, _bank_table(factors, z.device), grad, sums, N, n, d, z.stride(0), len(factors),
+        int(rel), *weights, BN=SMALL_BN, BD=SMALL_BD, SQUARE=_squaring(factors),
+        HAS_GRAD=need_grad, DOT_PREC="tf32x3" if torch.get_float32_matmul_precision() == "highest"
+        else "tf32", num_warps=SMALL_WARPS,
+    )
+    return sums, grad
+
+
+def _flash(z: torch.Tensor, n: int, factors: tuple, rel: bool, weights: Sequence[float],
+           need_grad: bool) -> tuple:
+    N, d = z.shape
+    device, cdt, prec = z.device, _COMPUTE_DTYPE[z.dtype], dot_precision(z.dtype)
+    dp = flash_width(d)
+    cfg = flash_config(need_grad, cdt, prec, dp)
+    zp = torch.empty((N, dp), dtype=cdt, device=device)
+    sq = torch.empty(N, dtype=torch.float32, device=device)
+    stats = torch.zeros(3 + d + 1, dtype=torch.float64, device=device)
+    _prep(z, zp, sq, stats[3:], d, dp, 0)
+    grad = torch.empty((N, d), dtype=torch.float32 if z.dtype == torch.float64 else z.dtype,
+                       device=device) if need_grad else zp
+    K.flash_kernel[(triton.cdiv(N, cfg.B_M),)](
+        zp, sq, stats[3:], _bank_table(factors, device), grad, stats, N, n, d, dp, len(factors),
+        int(rel), *weights, B_M=cfg.B_M, B_N=cfg.B_N, DP=dp, SQUARE=_squaring(factors),
+        HAS_GRAD=need_grad, DOT_PREC=prec, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    return stats[:3], grad
+
+
+def _prep(z: torch.Tensor, zp: torch.Tensor, sq: torch.Tensor, stats: torch.Tensor, d: int,
+          dpad: int, col: int) -> None:
+    """Launches ``prep_kernel`` for one layer (columns ``col … col + dpad`` of ``zp``)."""
+    N = z.shape[0]
+    if z.stride(1) != 1:
+        z = z.contiguous()
+    rows_per_prog = triton.cdiv(triton.cdiv(N, _PREP_MAX_PROGRAMS), _PREP_BLOCK_R) * _PREP_BLOCK_R
+    K.prep_kernel[(triton.cdiv(N, rows_per_prog),)](
+        z, zp, sq, stats, N, d, dpad, z.stride(0), zp.stride(0), col, rows_per_prog,
+        BLOCK_R=_PREP_BLOCK_R, BLOCK_C=_PREP_BLOCK_C,
+    )
 
 
 def mmd_sweep(
@@ -127,20 +249,28 @@ def mmd_sweep(
 
     Returns:
         ``(sums, grads)``: float64 ``[S_ss, S_st, S_tt]`` on the device (no host sync) and,
-        with ``need_grad``, ∂L/∂z_l (N, d_l) in the dtype of z_l (views of one packed buffer).
+        with ``need_grad``, ∂L/∂z_l (N, d_l) in the dtype of z_l.
     """
     num_layers = len(zs)
     if num_layers > MAX_LAYERS:
         raise ValueError(
             f"the triton backend handles at most {MAX_LAYERS} layers, got {num_layers}"
         )
-    z0 = zs[0]
+    z0 = zs[0].detach()
     device, dtype, N = z0.device, z0.dtype, z0.shape[0]
-    cdt = _COMPUTE_DTYPE[dtype]
-    cfg = CONFIGS[(need_grad, cdt != torch.float32)]
+    weights = tuple(float(w) for w in weights)
+    if num_layers == 1 and (N <= SMALL_BN or z0.shape[1] <= FLASH_MAX_D):
+        path = _small if N <= SMALL_BN else _flash
+        if z0.stride(1) != 1:
+            z0 = z0.contiguous()
+        sums, grad = path(z0, n, tuple(factors[0]), bool(relative[0]), weights, need_grad)
+        return sums, [_flat_grad(grad, dtype)] if need_grad else []
+
+    cdt, prec = _COMPUTE_DTYPE[dtype], dot_precision(dtype)
+    cfg = sweep_config(need_grad, cdt, prec)
     dims = tuple(int(z.shape[1]) for z in zs)
     dpads = [triton.cdiv(d, cfg.BD) * cfg.BD for d in dims]
-    dg = group_width(max(dpads), cfg.BD, num_layers == 1) if need_grad else cfg.BD
+    dg = group_width(max(dpads), cfg.BD, num_layers == 1, prec) if need_grad else cfg.BD
     key = (str(device), dims, tuple(tuple(f) for f in factors), tuple(relative), cfg.BD, dg)
     layer_t, bank_t, group_t = _tables(key, device)
 
@@ -149,33 +279,26 @@ def mmd_sweep(
     sq = torch.empty((num_layers, N), dtype=torch.float32, device=device)
     # [S_ss, S_st, S_tt] then per layer Σ_i y_i (d_l values) and Σ_i ‖y_i‖²: one memset.
     stats = torch.zeros(3 + sum(dims) + num_layers, dtype=torch.float64, device=device)
-    rows_per_prog = triton.cdiv(triton.cdiv(N, _PREP_MAX_PROGRAMS), _PREP_BLOCK_R) * _PREP_BLOCK_R
     col = st = 0
     for l, (z, d, dpad) in enumerate(zip(zs, dims, dpads)):
-        z = z.detach()
-        if z.stride(1) != 1:
-            z = z.contiguous()
-        K.prep_kernel[(triton.cdiv(N, rows_per_prog),)](
-            z, zp, sq[l], stats[3 + st:], N, d, z.stride(0), width, col, rows_per_prog,
-            BLOCK_R=_PREP_BLOCK_R, BLOCK_C=cfg.BD,
-        )
+        _prep(z.detach(), zp, sq[l], stats[3 + st:], d, dpad, col)
         col += dpad
         st += d + 1
 
-    grad = torch.empty((N, width), dtype=dtype, device=device) if need_grad else zp
+    gdt = torch.float32 if dtype == torch.float64 else dtype
+    grad = torch.empty((N, width), dtype=gdt, device=device) if need_grad else zp
     num_groups = group_t.numel() // K.GROUP_FIELDS if need_grad else 1
-    w_ss, w_st, w_tt = (float(w) for w in weights)
     K.sweep_kernel[(triton.cdiv(N, cfg.B_M), num_groups)](
         zp, sq, stats[3:], layer_t, bank_t, group_t, grad, stats,
-        N, n, num_layers, width, width, w_ss, w_st, w_tt,
+        N, n, num_layers, width, width, *weights,
         B_M=cfg.B_M, B_N=cfg.B_N, BD=cfg.BD, DG=dg, HAS_GRAD=need_grad, ONE_LAYER=num_layers == 1,
-        DOT_PREC=dot_precision(dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        DOT_PREC=prec, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     sums = stats[:3]
     if not need_grad:
         return sums, []
     grads, col = [], 0
     for d, dpad in zip(dims, dpads):
-        grads.append(grad[:, col:col + d])
+        grads.append(_flat_grad(grad[:, col:col + d], dtype))
         col += dpad
     return sums, grads

@@ -1,8 +1,17 @@
 """Triton kernels of the fused MMD / JMMD sweep (DESIGN §3).
 
-Two kernels per call:
+Three sweep kernels, picked by the host (``mmd.py``) per call:
 
-* ``prep_kernel`` (once per layer): shifts the rows by the first row, ``y_i = z_i − z_0``,
+* ``small_kernel`` (one layer, N ≤ 64): one program does everything — the shifted Gram matrix
+  over d-chunks, distances, bandwidth, bank, block sums and gradient.  One launch, no memset:
+  at DA batch sizes the launch is the cost.
+* ``flash_kernel`` (one layer, d ≤ 256) after ``prep_kernel``: flash-attention structure.  A
+  program keeps its B_M rows ``Y_I`` (all d columns) in registers and streams column blocks
+  ``Y_J`` once each: ``D = ‖y_I‖² + ‖y_J‖² − 2 Y_I Y_Jᵀ`` and ``acc += C_IJ Y_J`` reuse the same
+  loaded ``Y_J`` tile, and the loop body has no inner loop, so Triton pipelines the loads.
+* ``sweep_kernel`` (JMMD, or d > 256) after ``prep_kernel``: the general form below.
+
+``prep_kernel`` (once per layer): shifts the rows by the first row, ``y_i = z_i − z_0``,
   writes them into a packed, zero-padded (N, D_pad) buffer in the compute dtype, stores the
   squared row norms ``‖y_i‖²`` and atomically adds ``Σ_i y_i`` and ``Σ_i ‖y_i‖²`` (float64) for
   the bandwidth: ``Σ_ij ‖z_i − z_j‖² = 2N Σ_i ‖y_i‖² − 2 ‖Σ_i y_i‖²``.  Distances are
@@ -38,26 +47,29 @@ SQUARING: tl.constexpr = tl.constexpr(7)
 GROUP_FIELDS: tl.constexpr = tl.constexpr(3)
 #: layers one sweep handles (JAN uses 2); per-layer bandwidths live in a vector of this size.
 MAX_LAYERS: tl.constexpr = tl.constexpr(8)
+#: longest doubling bank evaluated by squaring (unrolled, masked to the real count); longer
+#: banks take one exp per kernel.
+MAX_SQUARINGS: tl.constexpr = tl.constexpr(8)
 
 
 @triton.jit
 def prep_kernel(
     z_ptr, zp_ptr, sq_ptr, stats_ptr,
-    N, d, stride_z, stride_p, col_off, rows_per_prog,
+    N, d, dpad, stride_z, stride_p, col_off, rows_per_prog,
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """Packs one layer ``z`` (N, d) into ``zp[:, col_off : col_off + pad(d)]`` as ``z − z_0``.
+    """Packs one layer ``z`` (N, d) into ``zp[:, col_off : col_off + dpad]`` as ``z − z_0``.
 
     Writes ``sq[i] = ‖y_i‖²`` (float32, N), adds ``Σ_i y_i`` to ``stats[0:d]`` and
     ``Σ_i ‖y_i‖²`` to ``stats[d]`` (float64 atomics: one per column per program).
-    Grid: ``cdiv(N, rows_per_prog)``; columns run to the next multiple of BLOCK_C (zeros).
+    Grid: ``cdiv(N, rows_per_prog)``; columns d … dpad − 1 (dpad a multiple of BLOCK_C) are zeros.
     """
     pid = tl.program_id(0)
     row_start = pid * rows_per_prog
     row_end = tl.minimum(row_start + rows_per_prog, N)
     cols = tl.arange(0, BLOCK_C)
     total = tl.zeros([BLOCK_R], dtype=tl.float32)
-    for c0 in range(0, d, BLOCK_C):
+    for c0 in range(0, dpad, BLOCK_C):
         cmask = (c0 + cols) < d
         z0 = tl.load(z_ptr + c0 + cols, mask=cmask, other=0.0).to(tl.float32)
         colsum = tl.zeros([BLOCK_C], dtype=tl.float32)
@@ -82,46 +94,39 @@ def prep_kernel(
 
 
 @triton.jit
-def _inverse_mean_distances(stats_ptr, layer_ptr, N, L, BLOCK_C: tl.constexpr):
-    """(MAX_LAYERS,) vector: 1 / mean_ij ‖z_i − z_j‖² for relative banks (0 → 1), 1 for fixed."""
-    lanes = tl.arange(0, MAX_LAYERS)
-    inv = tl.full([MAX_LAYERS], 1.0, dtype=tl.float32)
+def _inverse_mean_distance(st_ptr, d, N, relative, BLOCK_C: tl.constexpr):
+    """1 / mean_ij ‖z_i − z_j‖² (0 → 1) from ``st = [Σ y (d values), Σ‖y‖²]``; 1 if not relative.
+
+    ``Σ_ij ‖z_i − z_j‖² / N² = 2 (Σ‖y‖² − ‖Σy‖²/N) / N``, in float64.
+    """
     cols = tl.arange(0, BLOCK_C)
-    for l in range(L):
-        rec = layer_ptr + l * LAYER_FIELDS
-        if tl.load(rec + RELATIVE) != 0:
-            d = tl.load(rec + DIM)
-            st = stats_ptr + tl.load(rec + STATS_OFF)
-            sq_of_sum = tl.zeros([BLOCK_C], dtype=tl.float64)
-            for c0 in range(0, d, BLOCK_C):
-                s = tl.load(st + c0 + cols, mask=(c0 + cols) < d, other=0.0)
-                sq_of_sum += s * s
-            # Σ_ij ‖z_i − z_j‖² / N² = 2 (Σ‖y‖² − ‖Σy‖²/N) / N
-            mean = 2.0 * (tl.load(st + d) - tl.sum(sq_of_sum, axis=0) / N) / N
-            mean = tl.where(mean > 0.0, mean, 1.0)
-            inv = tl.where(lanes == l, (1.0 / mean).to(tl.float32), inv)
-    return inv
+    sq_of_sum = tl.zeros([BLOCK_C], dtype=tl.float64)
+    for c0 in range(0, d * relative, BLOCK_C):
+        s = tl.load(st_ptr + c0 + cols, mask=(c0 + cols) < d, other=0.0)
+        sq_of_sum += s * s
+    mean = 2.0 * (tl.load(st_ptr + d) - tl.sum(sq_of_sum, axis=0) / N) / N
+    mean = tl.where((mean > 0.0) & (relative != 0), mean, 1.0)
+    return (1.0 / mean).to(tl.float32)
 
 
 @triton.jit
-def _bank(D, bank_ptr, q_count, squaring, inv_mean):
+def _bank(D, bank_ptr, q_count, inv_mean, SQUARE: tl.constexpr):
     """``K = Σ_q e^{−γ_q D}`` and ``K′ = −Σ_q γ_q e^{−γ_q D}``, γ_q = bank[1+q] · inv_mean.
 
-    ``bank[0]`` holds max_q bank[1+q] (for the gradient's rescaling).
-
-    With ``squaring`` the γ_q are γ_0 · 2^q: one exp, then each kernel squares the previous one.
+    ``bank[0]`` holds max_q bank[1+q] (for the gradient's rescaling).  With SQUARE the γ_q are
+    γ_0 · 2^q (q_count ≤ MAX_SQUARINGS): one exp, then each kernel squares the previous one;
+    the chain is unrolled and masked, so the caller's loop body holds no inner loop.
     """
     g0 = tl.load(bank_ptr + 1) * inv_mean
-    if squaring != 0:
+    if SQUARE:
         e = tl.exp(-g0 * D)
         k = e
         slope = e
-        weight = 1.0
-        for _ in range(1, q_count):
+        for q in tl.static_range(1, MAX_SQUARINGS):
             e = e * e
-            weight = weight * 2.0
-            k += e
-            slope += weight * e
+            on = tl.where(q < q_count, 1.0, 0.0)
+            k += on * e
+            slope += (on * (1 << q)) * e
         slope = -g0 * slope
     else:
         k = tl.zeros_like(D)
@@ -132,6 +137,169 @@ def _bank(D, bank_ptr, q_count, squaring, inv_mean):
             k += e
             slope -= g * e
     return k, slope
+
+
+@triton.jit
+def _block_sums(kv, rows_i, rows_j, n, acc_src, acc_tgt):
+    """Adds Σ_j k over source columns j < n and over target columns to the per-row float64 sums."""
+    to_src = tl.sum(tl.where((rows_j < n)[None, :], kv, 0.0), axis=1)
+    return acc_src + to_src.to(tl.float64), acc_tgt + (tl.sum(kv, axis=1) - to_src).to(tl.float64)
+
+
+@triton.jit
+def _store_sums(sums_ptr, src_i, acc_src, acc_tgt, ATOMIC: tl.constexpr):
+    """``[S_ss, S_st, S_tt]`` from per-row sums; S_st is half the mixed pairs (s, t) and (t, s)."""
+    s_ss = tl.sum(tl.where(src_i, acc_src, 0.0), axis=0)
+    s_tt = tl.sum(tl.where(src_i, 0.0, acc_tgt), axis=0)
+    s_st = 0.5 * tl.sum(tl.where(src_i, acc_tgt, acc_src), axis=0)
+    if ATOMIC:
+        tl.atomic_add(sums_ptr, s_ss)
+        tl.atomic_add(sums_ptr + 1, s_st)
+        tl.atomic_add(sums_ptr + 2, s_tt)
+    else:
+        tl.store(sums_ptr, s_ss)
+        tl.store(sums_ptr + 1, s_st)
+        tl.store(sums_ptr + 2, s_tt)
+
+
+@triton.jit
+def _unit_weights(src_i, w_ss, w_st, w_tt, bank_ptr, inv):
+    """Gradient scale ``s = max|w| · γ_max`` and the row weights to source / target columns / s.
+
+    ``C' = C / s`` keeps a float16 tl.dot from overflowing or flushing to zero.
+    """
+    w_max = tl.maximum(tl.maximum(tl.abs(w_ss), tl.abs(w_st)), tl.abs(w_tt))
+    scale = w_max * tl.load(bank_ptr) * inv
+    return scale, tl.where(src_i, w_ss, w_st) / scale, tl.where(src_i, w_st, w_tt) / scale
+
+
+@triton.jit
+def small_kernel(
+    z_ptr, bank_ptr, grad_ptr, sums_ptr,
+    N, n, d, stride_z, q_count, relative, w_ss, w_st, w_tt,
+    BN: tl.constexpr, BD: tl.constexpr, SQUARE: tl.constexpr, HAS_GRAD: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
+    """The whole sweep for one layer ``z`` (N ≤ BN, d) in one program (grid ``(1,)``).
+
+    ``G = Y Yᵀ`` with ``y_i = z_i − z_0`` (tl.dot over BD-chunks), ``D_ij = G_ii + G_jj − 2 G_ij``
+    (exactly 0 on the diagonal), the bandwidth from ``mean(D)``, then the bank.  Stores
+    ``sums = [S_ss, S_st, S_tt]`` (float64) and, with HAS_GRAD,
+    ``grad = 4 [rowsum(C) y − C Y]`` (N, d) with ``C = W ∘ K′(D)``.  Everything is float32.
+    """
+    rows = tl.arange(0, BN)
+    rmask = rows < N
+    src = rows < n
+    cols = tl.arange(0, BD)
+    gram = tl.zeros([BN, BN], dtype=tl.float32)
+    for c0 in range(0, d, BD):
+        cmask = (c0 + cols) < d
+        m2 = rmask[:, None] & cmask[None, :]
+        z0 = tl.load(z_ptr + c0 + cols, mask=cmask, other=0.0).to(tl.float32)
+        z = tl.load(z_ptr + rows[:, None] * stride_z + c0 + cols[None, :], mask=m2, other=0.0)
+        y = tl.where(m2, z.to(tl.float32) - z0[None, :], 0.0)
+        gram = tl.dot(y, tl.trans(y), gram, input_precision=DOT_PREC)
+    eye = rows[:, None] == rows[None, :]
+    diag = tl.where(eye, gram, 0.0)
+    dist = tl.maximum(tl.sum(diag, axis=1)[:, None] + tl.sum(diag, axis=0)[None, :] - 2.0 * gram,
+                      0.0)
+    valid = rmask[:, None] & rmask[None, :]
+    mean = tl.sum(tl.sum(tl.where(valid, dist, 0.0), axis=1), axis=0) / (N * N)
+    inv = tl.where((mean > 0.0) & (relative != 0), 1.0 / tl.where(mean > 0.0, mean, 1.0), 1.0)
+    k, slope = _bank(tl.where(valid, dist, float("inf")), bank_ptr, q_count, inv, SQUARE)
+    acc_src = tl.zeros([BN], dtype=tl.float64)
+    acc_tgt = tl.zeros([BN], dtype=tl.float64)
+    acc_src, acc_tgt = _block_sums(k, rows, rows, n, acc_src, acc_tgt)
+    _store_sums(sums_ptr, src, acc_src, acc_tgt, False)
+    if HAS_GRAD:
+        w = tl.where(src[:, None] == src[None, :], tl.where(src, w_ss, w_tt)[:, None], w_st)
+        c = w * slope
+        rowsum = tl.sum(c, axis=1)
+        for c0 in range(0, d, BD):
+            cmask = (c0 + cols) < d
+            m2 = rmask[:, None] & cmask[None, :]
+            z0 = tl.load(z_ptr + c0 + cols, mask=cmask, other=0.0).to(tl.float32)
+            z = tl.load(z_ptr + rows[:, None] * stride_z + c0 + cols[None, :], mask=m2, other=0.0)
+            y = tl.where(m2, z.to(tl.float32) - z0[None, :], 0.0)
+            g = 4.0 * (rowsum[:, None] * y - tl.dot(c, y, input_precision=DOT_PREC))
+            tl.store(grad_ptr + rows[:, None] * d + c0 + cols[None, :],
+                     g.to(grad_ptr.dtype.element_ty), mask=m2)
+
+
+@triton.jit
+def flash_kernel(
+    zp_ptr, sq_ptr, stats_ptr, bank_ptr, grad_ptr, sums_ptr,
+    N, n, d, stride_p, q_count, relative, w_ss, w_st, w_tt,
+    B_M: tl.constexpr, B_N: tl.constexpr, DP: tl.constexpr, SQUARE: tl.constexpr,
+    HAS_GRAD: tl.constexpr, DOT_PREC: tl.constexpr,
+):
+    """Block sums over rows I = pid and, with HAS_GRAD, ∂L/∂Z for rows I, one layer, d ≤ DP.
+
+    ``zp`` (N, DP) packed shifted rows (zero beyond d), ``sq`` (N,) their squared norms,
+    ``stats`` [Σ y, Σ‖y‖²].  ``Y_I`` (B_M, DP) is loaded once; each column block ``Y_J``
+    (B_N, DP) is loaded once and feeds both GEMMs.  With HAS_GRAD the program sweeps every
+    column block (no atomics on the gradient) and writes ``grad[I, :d] =
+    4 s [rowsum(C')_I y_I − (C' Y)_I]``; without it, only blocks on or above the diagonal,
+    counting off-diagonal pairs twice.  Sums are added into ``sums`` (float64 atomics).
+    """
+    pid = tl.program_id(0)
+    # Rows of zp are DP ≥ 64 elements: the hint lets loads vectorise.
+    stride_p = tl.multiple_of(stride_p, 16)
+    rows_i = pid * B_M + tl.arange(0, B_M)
+    mask_i = rows_i < N
+    src_i = rows_i < n
+    cols = tl.arange(0, DP)
+    y_i = tl.load(zp_ptr + rows_i.to(tl.int64)[:, None] * stride_p + cols[None, :],
+                  mask=mask_i[:, None], other=0.0)
+    # Masked rows and columns get an infinite norm, hence k = 0 and K′ = 0: no 2-D masks.
+    sq_i = tl.load(sq_ptr + rows_i, mask=mask_i, other=float("inf"))
+    inv = _inverse_mean_distance(stats_ptr, d, N, relative, 256)
+    if HAS_GRAD:
+        scale, w_to_src, w_to_tgt = _unit_weights(src_i, w_ss, w_st, w_tt, bank_ptr, inv)
+        acc = tl.zeros([B_M, DP], dtype=tl.float32)
+        rowsum = tl.zeros([B_M], dtype=tl.float32)
+        j_start = 0
+    else:
+        j_start = (pid * B_M // B_N) * B_N
+    acc_src = tl.zeros([B_M], dtype=tl.float64)
+    acc_tgt = tl.zeros([B_M], dtype=tl.float64)
+    for j0 in range(j_start, N, B_N):
+        rows_j = j0 + tl.arange(0, B_N)
+        mask_j = rows_j < N
+        y_j = tl.load(zp_ptr + rows_j.to(tl.int64)[:, None] * stride_p + cols[None, :],
+                      mask=mask_j[:, None], other=0.0)
+        sq_j = tl.load(sq_ptr + rows_j, mask=mask_j, other=float("inf"))
+        dot = tl.dot(y_i, tl.trans(y_j), input_precision=DOT_PREC)
+        dist = tl.maximum(sq_i[:, None] + sq_j[None, :] - 2.0 * dot, 0.0)
+        k, slope = _bank(dist, bank_ptr, q_count, inv, SQUARE)
+        if HAS_GRAD:
+            acc_src, acc_tgt = _block_sums(k, rows_i, rows_j, n, acc_src, acc_tgt)
+            c = tl.where((rows_j < n)[None, :], w_to_src[:, None], w_to_tgt[:, None]) * slope
+            rowsum += tl.sum(c, axis=1)
+            acc = tl.dot(c.to(y_j.dtype), y_j, acc, input_precision=DOT_PREC)
+        else:
+            diag = rows_i[:, None] - rows_j[None, :]
+            kv = tl.where(diag < 0, 2.0 * k, tl.where(diag == 0, k, 0.0))
+            acc_src, acc_tgt = _block_sums(kv, rows_i, rows_j, n, acc_src, acc_tgt)
+    _store_sums(sums_ptr, src_i, acc_src, acc_tgt, True)
+    if HAS_GRAD:
+        grad = (4.0 * scale) * (rowsum[:, None] * y_i.to(tl.float32) - acc)
+        out = grad_ptr + rows_i.to(tl.int64)[:, None] * d + cols[None, :]
+        tl.store(out, grad.to(grad_ptr.dtype.element_ty),
+                 mask=mask_i[:, None] & (cols < d)[None, :])
+
+
+@triton.jit
+def _inverse_mean_distances(stats_ptr, layer_ptr, N, L):
+    """(MAX_LAYERS,) vector of ``_inverse_mean_distance`` per layer."""
+    lanes = tl.arange(0, MAX_LAYERS)
+    inv = tl.full([MAX_LAYERS], 1.0, dtype=tl.float32)
+    for l in range(L):
+        rec = layer_ptr + l * LAYER_FIELDS
+        one = _inverse_mean_distance(stats_ptr + tl.load(rec + STATS_OFF), tl.load(rec + DIM), N,
+                                     tl.load(rec + RELATIVE), 256)
+        inv = tl.where(lanes == l, one, inv)
+    return inv
 
 
 @triton.jit
@@ -157,7 +325,7 @@ def sweep_kernel(
     off_i = rows_i.to(tl.int64) * stride_p
     src_i = rows_i < n
     cols_k = tl.arange(0, BD)
-    inv_means = _inverse_mean_distances(stats_ptr, layer_ptr, N, L, 256)
+    inv_means = _inverse_mean_distances(stats_ptr, layer_ptr, N, L)
     lanes = tl.arange(0, MAX_LAYERS)
 
     if HAS_GRAD:
@@ -166,12 +334,10 @@ def sweep_kernel(
         g_c1 = tl.load(group_ptr + pid_g * GROUP_FIELDS + 2)
         cols_g = g_c0 + tl.arange(0, DG)
         mask_g = cols_g < g_c1
-        own_rec = layer_ptr + own * LAYER_FIELDS
         own_inv = tl.sum(tl.where(lanes == own, inv_means, 0.0), axis=0)
-        w_max = tl.maximum(tl.maximum(tl.abs(w_ss), tl.abs(w_st)), tl.abs(w_tt))
-        scale = w_max * tl.load(bank_ptr + tl.load(own_rec + BANK_OFF)) * own_inv
-        w_to_src = tl.where(src_i, w_ss, w_st) / scale
-        w_to_tgt = tl.where(src_i, w_st, w_tt) / scale
+        scale, w_to_src, w_to_tgt = _unit_weights(
+            src_i, w_ss, w_st, w_tt,
+            bank_ptr + tl.load(layer_ptr + own * LAYER_FIELDS + BANK_OFF), own_inv)
         acc = tl.zeros([B_M, DG], dtype=tl.float32)
         rowsum = tl.zeros([B_M], dtype=tl.float32)
         j_start = 0
@@ -180,7 +346,6 @@ def sweep_kernel(
         # Upper triangle only: start at the column block holding this row block's diagonal.
         j_start = (pid_m * B_M // B_N) * B_N
 
-    # Per row: Σ_j k over source columns and over target columns.
     acc_src = tl.zeros([B_M], dtype=tl.float64)
     acc_tgt = tl.zeros([B_M], dtype=tl.float64)
     for j0 in range(j_start, N, B_N):
@@ -206,8 +371,11 @@ def sweep_kernel(
             sq_j = tl.load(sq_ptr + l * N + rows_j, mask=mask_j, other=float("inf"))
             dist = tl.maximum(sq_i[:, None] + sq_j[None, :] - 2.0 * dot, 0.0)
             inv = tl.sum(tl.where(lanes == l, inv_means, 0.0), axis=0)
-            k, k_slope = _bank(dist, bank_ptr + tl.load(rec + BANK_OFF), tl.load(rec + NUM_Q),
-                               tl.load(rec + SQUARING), inv)
+            bank = bank_ptr + tl.load(rec + BANK_OFF)
+            if tl.load(rec + SQUARING) != 0:
+                k, k_slope = _bank(dist, bank, tl.load(rec + NUM_Q), inv, True)
+            else:
+                k, k_slope = _bank(dist, bank, tl.load(rec + NUM_Q), inv, False)
             if ONE_LAYER:  # no product bookkeeping: fewer live tiles, fewer registers
                 k_all = k
                 slope = k_slope
@@ -218,18 +386,14 @@ def sweep_kernel(
                     others = others * tl.where(mine, 1.0, k)
                     slope = tl.where(mine, k_slope, slope)
 
-        # Masked rows and columns have an infinite norm, hence k = 0 and K′ = 0: no 2-D masks.
         if HAS_GRAD:
             kv = k_all
         else:
             diag = rows_i[:, None] - rows_j[None, :]
             kv = tl.where(diag < 0, 2.0 * k_all, tl.where(diag == 0, k_all, 0.0))
-        src_j = rows_j < n
-        to_src = tl.sum(tl.where(src_j[None, :], kv, 0.0), axis=1)
-        acc_src += to_src.to(tl.float64)
-        acc_tgt += (tl.sum(kv, axis=1) - to_src).to(tl.float64)
+        acc_src, acc_tgt = _block_sums(kv, rows_i, rows_j, n, acc_src, acc_tgt)
         if HAS_GRAD:
-            w = tl.where(src_j[None, :], w_to_src[:, None], w_to_tgt[:, None])
+            w = tl.where((rows_j < n)[None, :], w_to_src[:, None], w_to_tgt[:, None])
             if ONE_LAYER:
                 c = w * slope
             else:
@@ -240,13 +404,7 @@ def sweep_kernel(
             acc = tl.dot(c.to(y_j.dtype), y_j, acc, input_precision=DOT_PREC)
 
     if pid_g == 0:
-        s_ss = tl.sum(tl.where(src_i, acc_src, 0.0), axis=0)
-        s_tt = tl.sum(tl.where(src_i, 0.0, acc_tgt), axis=0)
-        # Mixed pairs appear as (s, t) and (t, s): S_st is half of their sum.
-        s_x = tl.sum(tl.where(src_i, acc_tgt, acc_src), axis=0)
-        tl.atomic_add(sums_ptr, s_ss)
-        tl.atomic_add(sums_ptr + 1, 0.5 * s_x)
-        tl.atomic_add(sums_ptr + 2, s_tt)
+        _store_sums(sums_ptr, src_i, acc_src, acc_tgt, True)
     if HAS_GRAD:
         m2 = mask_i[:, None] & mask_g[None, :]
         y_i = tl.load(zp_ptr + off_i[:, None] + cols_g[None, :], mask=m2, other=0.0)
