@@ -7,6 +7,7 @@ backward pass only multiplies it by ``grad_output``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -14,14 +15,22 @@ import torch
 from .. import backends
 
 
-def _value(sums: torch.Tensor, weights: Sequence[float], const: float) -> torch.Tensor:
+@functools.lru_cache(maxsize=64)
+def _device_weights(weights: tuple, device: torch.device) -> torch.Tensor:
+    """``[w_ss, 2 w_st, w_tt]`` on ``device``, created once per (weights, device): a fresh
+    host-to-device copy on every call would cost more than the small-batch kernel itself."""
     w_ss, w_st, w_tt = weights
-    s = sums.tolist() if sums.device.type == "cpu" else None
-    if s is not None:  # CPU: three floats, one tensor creation
+    return torch.tensor([w_ss, 2.0 * w_st, w_tt], dtype=torch.float64, device=device)
+
+
+def _value(sums: torch.Tensor, weights: Sequence[float], const: float) -> torch.Tensor:
+    """``w_ss S_ss + 2 w_st S_st + w_tt S_tt + const`` as a float64 0-dim tensor on sums' device."""
+    if sums.device.type == "cpu":  # three floats, one tensor creation
+        w_ss, w_st, w_tt = weights
+        s = sums.tolist()
         return torch.tensor(w_ss * s[0] + 2.0 * w_st * s[1] + w_tt * s[2] + const,
                             dtype=torch.float64)
-    w = torch.tensor([w_ss, 2.0 * w_st, w_tt], dtype=torch.float64, device=sums.device)
-    return (sums * w).sum() + const
+    return torch.dot(sums, _device_weights(tuple(weights), sums.device)) + const
 
 
 def _sweep(zs, n, factors, relative, weights, const, need_grad, backend):
