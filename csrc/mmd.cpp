@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -76,13 +77,19 @@ struct Kernels {
 
 enum class Isa { base, avx2, avx512 };
 
+// The best copy this CPU runs; DAPKERNELS_ISA=baseline|avx2 caps it (to test the fallbacks).
 Isa detect_isa() {
+  const char* env = std::getenv("DAPKERNELS_ISA");
+  const std::string cap = env ? env : "";
+  if (cap == "baseline") return Isa::base;
 #ifdef DK_X86
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
-      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw"))
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (avx2 && cap != "avx2" && __builtin_cpu_supports("avx512f") &&
+      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
+      __builtin_cpu_supports("avx512bw"))
     return Isa::avx512;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::avx2;
+  if (avx2) return Isa::avx2;
 #endif
   return Isa::base;
 }

@@ -14,6 +14,9 @@ many tiles, partial tiles and several threads; one test runs N = 3000 at the def
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -279,3 +282,30 @@ def test_raw_layer_limits_and_tile_size():
     for tile in (0, 16, 48, 2048):
         with pytest.raises(ValueError, match="tile"):
             _C.mmd_sweep(**{**args, "tile": tile})
+
+
+_FALLBACK_CHECK = """
+import torch
+from dapkernels import _C
+from dapkernels.backends import cpu, reference as ref
+assert _C.mmd_isa == "{isa}", _C.mmd_isa
+gen = torch.Generator().manual_seed(7)
+for dtype in (torch.float32, torch.float64):
+    for N, n, d in ((50, 20, 37), (300, 170, 70)):
+        z = torch.randn(N, d, generator=gen, dtype=dtype)
+        w = (1.0 / n**2, -1.0 / (n * (N - n)), 1.0 / (N - n) ** 2)
+        s, g = cpu.mmd_sweep([z], n, [[0.125, 0.5, 1.0, 2.0]], [True], w, True)
+        s0, g0 = ref.mmd_sweep([z], n, [[0.125, 0.5, 1.0, 2.0]], [True], w, True)
+        tol = 1e-5 if dtype == torch.float32 else 1e-12
+        assert ((s - s0).abs() / s0.abs()).max() < tol
+        assert (g[0].double() - g0[0].double()).norm() / g0[0].double().norm() < 10 * tol
+"""
+
+
+@pytest.mark.parametrize("isa", ["baseline", "avx2"])
+def test_fallback_instruction_sets(isa):
+    """The copies for CPUs without AVX-512 / AVX2 compute the same sweep."""
+    if isa == "avx2" and _C.mmd_isa == "baseline":
+        pytest.skip("this CPU has no AVX2")
+    env = {**os.environ, "DAPKERNELS_ISA": isa}
+    subprocess.run([sys.executable, "-c", _FALLBACK_CHECK.format(isa=isa)], env=env, check=True)
