@@ -180,9 +180,15 @@ class Trainer:
         return record
 
     def fit(self) -> dict[str, Any]:
-        """Trains up to ``config.epochs`` (from the current epoch) and returns the last record."""
+        """Trains up to ``config.epochs`` (from the current epoch) and returns the last record.
+
+        With an output directory, every epoch writes a checkpoint and the metrics files, and
+        the end of training writes ``curves.png``.
+        """
         while self.epoch < self.config.epochs:
             self.train_epoch()
+        if self.out is not None:
+            self.plot()
         return self.history["epochs"][-1]
 
     # ------------------------------------------------------------------ results
@@ -240,7 +246,7 @@ class Trainer:
         self.history = state["history"]
 
     def save(self) -> Path:
-        """Writes the epoch checkpoint, metrics.json / .csv, steps.csv and curves.png."""
+        """Writes the epoch checkpoint, metrics.json / .csv and steps.csv."""
         if self.out is None:
             raise ValueError("save needs an output directory")
         self.out.mkdir(parents=True, exist_ok=True)
@@ -248,8 +254,15 @@ class Trainer:
         write_json(self.out / "metrics.json", self.summary())
         write_csv(self.out / "metrics.csv", self.history["epochs"])
         write_csv(self.out / "steps.csv", self.history["steps"])
+        return path
+
+    def plot(self) -> Path:
+        """Writes ``curves.png`` (losses per step; accuracies, MMD, CORAL per epoch)."""
+        if self.out is None:
+            raise ValueError("plot needs an output directory")
         title = f"{self.config.method} ({self.config.impl}) on {self.config.dataset}"
-        plot_curves(self.out / "curves.png", title, self.history["steps"], self.history["epochs"])
+        path = self.out / "curves.png"
+        plot_curves(path, title, self.history["steps"], self.history["epochs"])
         return path
 
     def resume(self) -> Path | None:
