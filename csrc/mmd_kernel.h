@@ -245,7 +245,7 @@ void sweep_direct(const Context<T>& cx, const T* const* c, const std::int64_t* l
     dmax = std::max(dmax, ldc[l]);
   }
   // Threads pay off once the sweep is a few hundred microseconds of work.
-  const bool parallel = ntiles > 1 && N * N * dsum > (std::int64_t(1) << 22);
+  const bool parallel = ntiles > 1 && N * N * dsum > (std::int64_t(1) << 19);
   const int nt = parallel ? omp_get_max_threads() : 1;
   std::vector<std::vector<T>> accs(static_cast<std::size_t>(nt) * L);
   std::vector<std::vector<double>> rows(static_cast<std::size_t>(nt) * L);
