@@ -188,7 +188,10 @@ class WarmStartGradientReversal(nn.Module):
                 "WarmStartGradientReversal(auto_step=True) cannot run under torch.compile; use "
                 "auto_step=False and call step() outside the compiled region"
             )
-        y = F.grad_reverse(x, self._coeff_tensor())
+        # Eager: a Python float (math.exp) is cheapest.  Compiled: tensor ops on the buffer, so
+        # the graph does not specialise on the counter's value.
+        coeff = self._coeff_tensor() if torch.compiler.is_compiling() else self.coeff
+        y = F.grad_reverse(x, coeff)
         if self.auto_step:
             self.step()
         return y

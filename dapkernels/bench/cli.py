@@ -24,6 +24,8 @@ __all__ = ["BENCHMARKS", "add_bench_parser"]
 #: name → module of each ``dapkernels bench <name>`` command.
 BENCHMARKS: dict = {
     "mmd": "dapkernels.bench.mmd",
+    "coral": "dapkernels.bench.coral",
+    "grl": "dapkernels.bench.grl",
 }
 
 

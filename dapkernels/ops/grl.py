@@ -22,7 +22,28 @@ import torch
 Coeff = float | torch.Tensor
 
 
+class _GradReverseEager(torch.autograd.Function):
+    """Plain-autograd path: the ``ctx``-style Function costs ~25 µs less per call than the
+    ``setup_context`` style that functorch transforms require."""
+
+    @staticmethod
+    def forward(ctx, x, coeff):
+        if isinstance(coeff, torch.Tensor):
+            ctx.save_for_backward(coeff.detach())
+            ctx.coeff = None
+        else:
+            ctx.coeff = float(coeff)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        coeff = ctx.saved_tensors[0] if ctx.coeff is None else ctx.coeff
+        return grad * -coeff, None
+
+
 class _GradReverse(torch.autograd.Function):
+    """The same op for ``torch.func`` transforms (and ``torch.compile``)."""
+
     generate_vmap_rule = True
 
     @staticmethod
@@ -63,4 +84,6 @@ def grad_reverse(x: torch.Tensor, coeff: Coeff = 1.0) -> torch.Tensor:
         raise TypeError(f"coeff must be a float or a 0-dim tensor, got {type(coeff).__name__}")
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    return _GradReverse.apply(x, coeff)
+    if torch._C._are_functorch_transforms_active() or torch.compiler.is_compiling():
+        return _GradReverse.apply(x, coeff)
+    return _GradReverseEager.apply(x, coeff)

@@ -1,0 +1,148 @@
+"""``dapkernels bench grl``: cost of gradient reversal inside a DANN-style MLP step.
+
+One step = forward of a 3-layer MLP (``Linear(d, h) → ReLU → Linear(h, h) → ReLU →
+Linear(h, 1)``) on the (batch, d) features passed through the layer under test, ``sum()``,
+and ``torch.autograd.grad`` w.r.t. the features and all parameters.  Layers compared on the
+same inputs in one process, timed in interleaved rounds:
+
+* ``identity``: ``x.view_as(x)`` (the floor: no reversal at all);
+* ``ours``: :func:`dapkernels.grad_reverse` (a view forward, ``−coeff · grad`` backward);
+* ``ours-warmstart``: :class:`dapkernels.WarmStartGradientReversal` (coefficient from a buffer);
+* ``naive``: ``x * 1.0`` forward, ``grad.neg() * coeff`` backward.
+
+Overhead = time / identity time − 1, from medians (and minima).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..functional import grad_reverse
+from ..losses import WarmStartGradientReversal
+from ..train.baselines import naive_grad_reverse
+from .common import (
+    Case,
+    format_seconds,
+    format_table,
+    machine_info,
+    run_cases,
+    write_bar_chart,
+    write_json,
+)
+
+__all__ = ["LAYERS", "FULL_CASES", "BAR_OVERHEAD", "make_case", "add_arguments", "run"]
+
+LAYERS = ("identity", "ours", "ours-warmstart", "naive")
+#: (batch, d, hidden): the first is the bar (ResNet-50 features into a DANN discriminator).
+FULL_CASES = ((64, 2048, 1024), (32, 256, 256))
+QUICK_CASES = ((16, 64, 64),)
+BAR_OVERHEAD = 0.05
+
+
+def make_case(device: torch.device, batch: int, d: int, hidden: int, seed: int = 0) -> dict:
+    """Factory of :class:`~dapkernels.bench.common.Case`: ``{layer: MLP step}``."""
+    torch.manual_seed(seed)
+    mlp = nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                        nn.Linear(hidden, 1)).to(device)
+    x = torch.randn(batch, d, device=device, requires_grad=True)
+    inputs = [x, *mlp.parameters()]
+    warm = WarmStartGradientReversal(max_iters=1000).to(device)
+    layers = {
+        "identity": lambda v: v.view_as(v),
+        "ours": lambda v: grad_reverse(v, 1.0),
+        "ours-warmstart": warm,
+        "naive": lambda v: naive_grad_reverse(v, 1.0),
+    }
+
+    def step_of(layer):
+        def step() -> None:
+            torch.autograd.grad(mlp(layer(x)).sum(), inputs)
+        return step
+
+    return {name: step_of(layers[name]) for name in LAYERS}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``bench grl`` (the common ones are added by :mod:`dapkernels.bench.cli`)."""
+    parser.add_argument("--cases", nargs="+", metavar="B:D:H",
+                        help="batch, features, hidden width (default: "
+                             + " ".join(":".join(map(str, c)) for c in FULL_CASES) + ")")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Runs ``bench grl``: prints a table, writes ``grl.json`` and ``grl.png``."""
+    device = torch.device(args.device)
+    if args.cases:
+        sizes = [tuple(int(v) for v in c.split(":")) for c in args.cases]
+    else:
+        sizes = list(QUICK_CASES if args.quick else FULL_CASES)
+    budget = args.time_budget if args.time_budget is not None else (0.3 if args.quick else 3.0)
+    cases = [
+        Case(group=f"b={b} d={d} h={h}", name="identity", factory="dapkernels.bench.grl:make_case",
+             params={"batch": b, "d": d, "hidden": h}, est_bytes=4 * (d * h + h * h) * 4,
+             warmup=5, min_repeats=20, time_budget_s=budget)
+        for b, d, h in sizes
+    ]
+    isolate = args.isolate if args.isolate is not None else (device.type == "cpu"
+                                                             and not args.quick)
+    progress = None if args.silent else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    machine = machine_info(device)
+    results = run_cases(cases, device, isolate=isolate, progress=progress)
+    if hasattr(os, "getloadavg"):
+        machine["load_average_end"] = list(os.getloadavg())
+    rows, bars = [], []
+    for res in results:
+        row = {"case": res["group"], "status": res["status"], **res["params"]}
+        if res["status"] == "ok":
+            t = res["timings"]
+            base, base_min = t["identity"]["median_s"], t["identity"]["min_s"]
+            for name in LAYERS:
+                row[f"{name}_median_s"] = t[name]["median_s"]
+                row[f"{name}_min_s"] = t[name]["min_s"]
+                row[f"{name}_overhead"] = t[name]["median_s"] / base - 1.0
+                row[f"{name}_overhead_min"] = t[name]["min_s"] / base_min - 1.0
+            if (row["batch"], row["d"], row["hidden"]) == FULL_CASES[0]:
+                bars.append({"case": row["case"], "need_overhead_at_most": BAR_OVERHEAD,
+                             "overhead": row["ours_overhead"],
+                             "overhead_from_min": row["ours_overhead_min"],
+                             "met": row["ours_overhead"] <= BAR_OVERHEAD})
+        else:
+            row["reason"] = res.get("reason", "")
+        rows.append(row)
+
+    def pct(key):
+        return lambda r: "-" if r.get(key) is None else f"{100 * r[key]:+.1f}%"
+
+    def sec(key):
+        return lambda r: format_seconds(r.get(key))
+
+    columns = [("case", "case"), ("identity", sec("identity_median_s"))]
+    for name in LAYERS[1:]:
+        columns += [(name, sec(f"{name}_median_s")), (f"{name} ovh", pct(f"{name}_overhead")),
+                    (f"{name} ovh (min)", pct(f"{name}_overhead_min"))]
+    print(format_table(rows, columns))
+    for bar in bars:
+        print(f"bar {bar['case']}: GRL overhead {100 * bar['overhead']:+.1f}% (min-based "
+              f"{100 * bar['overhead_from_min']:+.1f}%), need <= {100 * BAR_OVERHEAD:g}%: "
+              f"{'met' if bar['met'] else 'NOT met'}")
+    out = Path(args.out if args.out is not None else f"bench-results/grl_{device.type}")
+    payload = {"benchmark": "grl", "machine": machine,
+               "config": {"device": str(device), "dtype": "float32", "quick": bool(args.quick),
+                          "isolate": isolate, "time_budget_s": budget,
+                          "cases": [list(c) for c in sizes]},
+               "summary": rows, "bars": bars, "results": results}
+    json_path = write_json(out / "grl.json", payload)
+    ok_rows = [r for r in rows if r["status"] == "ok"]
+    panels = [{"title": "MLP step (forward+backward) with each layer, float32 (median)",
+               "ylabel": "seconds", "xlabels": [r["case"] for r in ok_rows],
+               "series": {n: [r[f"{n}_median_s"] for r in ok_rows] for n in LAYERS}}]
+    png_path = write_bar_chart(out / "grl.png", panels,
+                               title=f"dapkernels bench grl ({machine.get('cpu', '')})")
+    print(f"\nwrote {json_path} and {png_path}")
+    return 0 if all(r["status"] != "failed" for r in results) else 1
