@@ -77,9 +77,8 @@ struct Buffer {
   };
   std::unique_ptr<T, Free> ptr;
   explicit Buffer(std::int64_t n, bool zero = true) {
-    const std::size_t bytes = static_cast<std::size_t>(round_up(std::max<std::int64_t>(n, 1) *
-                                                                    static_cast<std::int64_t>(sizeof(T)),
-                                                                64));
+    const std::int64_t raw = std::max<std::int64_t>(n, 1) * static_cast<std::int64_t>(sizeof(T));
+    const std::size_t bytes = static_cast<std::size_t>(round_up(raw, 64));
     T* p = static_cast<T*>(std::aligned_alloc(64, bytes));
     if (p == nullptr) throw std::bad_alloc();
     if (zero) std::memset(p, 0, bytes);
@@ -174,9 +173,12 @@ DK_CLONES void tile_mm(const double* M, std::int64_t ldm, const double* B, std::
 inline bool parallel_worth(double work) { return work > 2.0e7; }
 
 // Upper triangle (then mirrored) of G = A Aᵀ, A: R×K with leading dim lda (R multiple of 4,
-// K multiple of W),
-// G: R×R float64. Each thread owns a contiguous run of 4×4 tile pairs and sweeps K in chunks,
-// so the rows it touches stay in its cache across the pairs of one chunk.
+// K multiple of W), G: R×R float64. Work items are runs of kGroup 4×4 tile pairs; an item sweeps
+// K in chunks over its pairs, so the rows it touches stay in cache across the pairs of a chunk.
+// Items are handed out dynamically: on a loaded machine a descheduled thread then delays the
+// call by one item, not by half of the work.
+constexpr std::int64_t kGroup = 16;
+
 template <typename T>
 void gram_upper(const T* A, std::int64_t R, std::int64_t K, std::int64_t lda, double* G) {
   const std::int64_t tiles = R / kRows;
@@ -186,15 +188,11 @@ void gram_upper(const T* A, std::int64_t R, std::int64_t K, std::int64_t lda, do
     for (std::int64_t j = i; j < tiles; ++j)
       pairs.emplace_back(static_cast<std::int32_t>(i), static_cast<std::int32_t>(j));
   const std::int64_t np = static_cast<std::int64_t>(pairs.size());
+  const std::int64_t groups = (np + kGroup - 1) / kGroup;
   const bool par = parallel_worth(0.5 * static_cast<double>(R) * R * K);
-#pragma omp parallel if (par)
-  {
-#ifdef _OPENMP
-    const std::int64_t tid = omp_get_thread_num(), nth = omp_get_num_threads();
-#else
-    const std::int64_t tid = 0, nth = 1;
-#endif
-    const std::int64_t p0 = np * tid / nth, p1 = np * (tid + 1) / nth;
+#pragma omp parallel for schedule(dynamic, 1) if (par)
+  for (std::int64_t grp = 0; grp < groups; ++grp) {
+    const std::int64_t p0 = grp * kGroup, p1 = std::min(np, p0 + kGroup);
     for (std::int64_t k0 = 0; k0 < K; k0 += kChunk) {
       const std::int64_t kc = std::min(kChunk, K - k0);
       for (std::int64_t p = p0; p < p1; ++p) {
@@ -222,7 +220,7 @@ void matmul(const T* M, std::int64_t ldm, const T* B, std::int64_t ldb, std::int
 #pragma omp parallel if (par)
   {
     Buffer<T> panel(kPanel * cw);
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 1)
     for (std::int64_t cb = 0; cb < col_blocks; ++cb) {
       for (std::int64_t k0 = 0; k0 < K; k0 += kPanel) {
         const std::int64_t kc = std::min(kPanel, K - k0);
@@ -258,7 +256,8 @@ DK_CLONES void column_means(const Matrix& x, double* mean) {
 
 // Writes the centred rows of x into Z (rows row0…, leading dim ldz), rounding once to T.
 template <typename T>
-DK_CLONES void centre_into(const Matrix& x, const double* mean, T* Z, std::int64_t row0, std::int64_t ldz) {
+DK_CLONES void centre_into(const Matrix& x, const double* mean, T* Z, std::int64_t row0,
+                           std::int64_t ldz) {
   const T* p = x.data<T>();
   for (std::int64_t i = 0; i < x.rows; ++i) {
     T* z = Z + (row0 + i) * ldz;
@@ -377,7 +376,8 @@ py::tuple coral_sweep(std::uintptr_t xs_ptr, std::int64_t ns, std::int64_t ds, s
   if (ns < 2 || nt < 2)
     throw py::value_error("CORAL needs at least 2 samples per domain, got f_s batch " +
                           std::to_string(ns) + " and f_t batch " + std::to_string(nt));
-  if (path < kAuto || path > kCov) throw py::value_error("path must be 0 (auto), 1 (gram) or 2 (cov)");
+  if (path < kAuto || path > kCov)
+    throw py::value_error("path must be 0 (auto), 1 (gram) or 2 (cov)");
   Matrix gs, gt;
   if (need_grad) {
     gs = make_matrix(gs_ptr, ns, ds, ds, 1, dtype, "grad_s");

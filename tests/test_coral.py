@@ -283,3 +283,17 @@ def test_running_covariance_errors():
         acc.update(torch.randn(2, 4))
     with pytest.raises(TypeError, match="batch"):
         acc.update(np.zeros((2, 3)))
+
+
+def test_bench_factories_run_and_agree():
+    from dapkernels.bench import coral as bench_coral
+    from dapkernels.bench import grl as bench_grl
+
+    steps = bench_coral.make_case(torch.device("cpu"), 6, 10, list(bench_coral.IMPLS))
+    assert list(steps) == list(bench_coral.IMPLS)
+    for step in steps.values():
+        step()
+    xs, xt = draw(6, 9, 10, torch.float64, 0.0, 11)
+    assert torch.allclose(bench_coral.gram_torch_coral(xs, xt), oracle(xs, xt), rtol=1e-12)
+    for step in bench_grl.make_case(torch.device("cpu"), 4, 8, 8).values():
+        step()
