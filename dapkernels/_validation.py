@@ -25,7 +25,7 @@ def as_features(x: object, name: str) -> torch.Tensor:
     if x.dtype not in allowed:
         names = ", ".join(str(d).replace("torch.", "") for d in allowed)
         raise TypeError(f"{name} has dtype {x.dtype}; on {x.device.type} expected one of {names}")
-    flat = x.reshape(x.shape[0], -1)
+    flat = x if x.dim() == 2 else x.reshape(x.shape[0], -1)
     if flat.shape[1] == 0:
         raise ValueError(f"{name} has no features (shape {tuple(x.shape)})")
     return flat

@@ -23,19 +23,24 @@ def _device_weights(weights: tuple, device: torch.device) -> torch.Tensor:
     return torch.tensor([w_ss, 2.0 * w_st, w_tt], dtype=torch.float64, device=device)
 
 
-def _value(sums: torch.Tensor, weights: Sequence[float], const: float) -> torch.Tensor:
-    """``w_ss S_ss + 2 w_st S_st + w_tt S_tt + const`` as a float64 0-dim tensor on sums' device."""
+def _value(
+    sums: torch.Tensor, weights: Sequence[float], const: float, dtype: torch.dtype
+) -> torch.Tensor:
+    """``w_ss S_ss + 2 w_st S_st + w_tt S_tt + const`` as a 0-dim ``dtype`` tensor on sums' device.
+
+    The combination is evaluated in float64 and rounded once.
+    """
     if sums.device.type == "cpu":  # three floats, one tensor creation
         w_ss, w_st, w_tt = weights
         s = sums.tolist()
-        return torch.tensor(w_ss * s[0] + 2.0 * w_st * s[1] + w_tt * s[2] + const,
-                            dtype=torch.float64)
-    return torch.dot(sums, _device_weights(tuple(weights), sums.device)) + const
+        return torch.tensor(w_ss * s[0] + 2.0 * w_st * s[1] + w_tt * s[2] + const, dtype=dtype)
+    value = torch.dot(sums, _device_weights(tuple(weights), sums.device)) + const
+    return value.to(dtype)
 
 
-def _sweep(zs, n, factors, relative, weights, const, need_grad, backend):
+def _sweep(zs, n, factors, relative, weights, const, need_grad, backend, dtype):
     sums, grads = backends.get(backend).mmd_sweep(zs, n, factors, relative, weights, need_grad)
-    return _value(sums, weights, const), grads
+    return _value(sums, weights, const, dtype), grads
 
 
 class _FusedMMDFunction(torch.autograd.Function):
@@ -51,10 +56,12 @@ class _FusedMMDFunction(torch.autograd.Function):
         needs = ctx.needs_input_grad[7:]
         need_grad = any(needs)
         zs = [torch.cat([s, t]) for s, t in zip(tensors[:layers], tensors[layers:])]
-        value, grads = _sweep(zs, n, factors, relative, weights, const, need_grad, backend)
+        value, grads = _sweep(
+            zs, n, factors, relative, weights, const, need_grad, backend, out_dtype
+        )
         ctx.n = n
         ctx.save_for_backward(*grads)
-        return value.to(out_dtype)
+        return value
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -91,7 +98,8 @@ def mmd_fused(
 ) -> list[torch.Tensor]:
     """Compiled path: returns ``[value (float64, 0-dim), *grads]``."""
     value, grads = _sweep(
-        zs, n, _split(factors, counts), relative, weights, const, need_grad, backend
+        zs, n, _split(factors, counts), relative, weights, const, need_grad, backend,
+        torch.float64,
     )
     return [value.to(zs[0].device)] + [g.contiguous() for g in grads]
 
