@@ -1,8 +1,9 @@
 """``dapkernels demo``: domain adaptation on an embedded digits shift, fused vs naive losses.
 
-Trains source-only, DAN, DANN and Deep CORAL with the fused dapkernels losses, and each
-adaptation method again with ``--impl naive`` (the copied-code baselines) for the first
-``--naive-steps`` steps with the same seed.  Prints one table — target accuracy, median step
+Trains source-only, DAN, DANN and Deep CORAL with the fused dapkernels losses, then runs each
+adaptation method with ``impl="fused"`` and ``impl="naive"`` (the copied-code baselines) side
+by side, stepped alternately for ``--naive-steps`` steps with the same seed
+(:func:`dapkernels.train.compare.compare_impls`).  Prints one table — target accuracy, median step
 time fused vs naive, the largest relative gap between the two loss trajectories, the MMD and
 CORAL between source and target features relative to source-only — writes it as JSON and a
 PNG, then a short kernel micro-benchmark of the fused MMD against the naive baselines.
@@ -41,51 +42,44 @@ def run_demo(
     """Runs the demo's trainings and returns one row per method (also written to JSON).
 
     Args:
-        out: output directory (each run in ``out/runs/METHOD-IMPL``).
+        out: output directory (each fused run in ``out/runs/METHOD``).
         dataset: an embedded digits shift.
         epochs, iters_per_epoch: length of the fused runs.
-        naive_steps: length of the naive runs (whole epochs of ``iters_per_epoch``).
+        naive_steps: length of the interleaved fused-vs-naive comparison.
         seed: training seed of every run.
         log: progress lines.
     """
+    from .train.compare import compare_impls
     from .train.trainer import Trainer
 
-    naive_epochs = max(1, min(epochs, naive_steps // iters_per_epoch))
     rows: list[dict[str, Any]] = []
     for method in DEMO_METHODS:
-        row: dict[str, Any] = {"method": method}
-        for impl in ("fused", "naive") if method != "source-only" else ("fused",):
-            cfg = TrainConfig(method=method, dataset=dataset, impl=impl, seed=seed,
-                              epochs=epochs if impl == "fused" else naive_epochs,
-                              iters_per_epoch=iters_per_epoch)
+        cfg = TrainConfig(method=method, dataset=dataset, seed=seed, epochs=epochs,
+                          iters_per_epoch=iters_per_epoch)
+        start = time.perf_counter()
+        trainer = Trainer(cfg, out=out / "runs" / method, progress=False)
+        final = trainer.fit()
+        row: dict[str, Any] = {
+            "method": method,
+            "target_acc": final["target_acc"],
+            "mmd": final["mmd"],
+            "coral": final["coral"],
+            "step_time_ms": trainer.step_time_median_ms,
+        }
+        log(f"  {method:<11} fused {epochs * iters_per_epoch:>5} steps "
+            f"in {time.perf_counter() - start:5.1f} s")
+        if method != "source-only":
             start = time.perf_counter()
-            trainer = Trainer(cfg, out=out / "runs" / f"{method}-{impl}", progress=False)
-            final = trainer.fit()
-            row[impl] = {
-                "target_acc": final["target_acc"],
-                "mmd": final["mmd"],
-                "coral": final["coral"],
-                "step_time_ms": trainer.step_time_median_ms,
-                "loss_curve": [s["loss"] for s in trainer.history["steps"]],
-                "seconds": time.perf_counter() - start,
-            }
-            log(f"  {method:<11} {impl:<5} {cfg.epochs * cfg.iters_per_epoch:>5} steps "
-                f"in {row[impl]['seconds']:5.1f} s")
+            cmp = compare_impls(cfg, naive_steps, data=trainer.data)
+            cmp.pop("loss_curve")
+            row["compare"] = cmp
+            log(f"  {method:<11} fused vs naive, {naive_steps} interleaved steps "
+                f"in {time.perf_counter() - start:5.1f} s")
         rows.append(row)
-    ref = rows[0]["fused"]
+    ref = rows[0]
     for row in rows:
-        f = row["fused"]
-        row["mmd_reduction"] = 1.0 - f["mmd"] / ref["mmd"] if ref["mmd"] > 0 else None
-        row["coral_reduction"] = 1.0 - f["coral"] / ref["coral"] if ref["coral"] > 0 else None
-        if "naive" in row:
-            n = row["naive"]
-            row["speedup"] = n["step_time_ms"] / f["step_time_ms"]
-            row["trajectory_gap"] = _max_rel_gap(f["loss_curve"], n["loss_curve"])
-            row["compared_steps"] = len(n["loss_curve"])
-    for row in rows:
-        for impl in ("fused", "naive"):
-            if impl in row:
-                row[impl].pop("loss_curve")
+        row["mmd_reduction"] = 1.0 - row["mmd"] / ref["mmd"] if ref["mmd"] > 0 else None
+        row["coral_reduction"] = 1.0 - row["coral"] / ref["coral"] if ref["coral"] > 0 else None
     result = {"dataset": dataset, "seed": seed, "epochs": epochs,
               "iters_per_epoch": iters_per_epoch, "rows": rows}
     (out / "demo.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -97,24 +91,25 @@ def format_demo_table(result: dict[str, Any]) -> str:
     head = (f"{'method':<12}{'target acc':>11}{'fused ms':>10}{'naive ms':>10}{'speed-up':>10}"
             f"{'loss gap':>10}{'MMD':>9}{'MMD red.':>10}{'CORAL red.':>11}")
     lines = [head, "-" * len(head)]
+    pct = lambda v: "-" if v is None else f"{100 * v:.0f}%"
     for row in result["rows"]:
-        f, n = row["fused"], row.get("naive")
-        pct = lambda v: "   -" if v is None else f"{100 * v:.0f}%"
+        c = row.get("compare")
         lines.append(
-            f"{row['method']:<12}{f['target_acc']:>10.1f}%{f['step_time_ms']:>10.2f}"
-            + (f"{n['step_time_ms']:>10.2f}{row['speedup']:>9.2f}x{row['trajectory_gap']:>10.1e}"
-               if n else f"{'-':>10}{'-':>10}{'-':>10}")
-            + f"{f['mmd']:>9.4f}{pct(row['mmd_reduction']):>10}{pct(row['coral_reduction']):>11}"
+            f"{row['method']:<12}{row['target_acc']:>10.1f}%"
+            + (f"{c['fused_ms']:>10.2f}{c['naive_ms']:>10.2f}{c['speedup']:>9.2f}x"
+               f"{c['max_rel_gap']:>10.1e}" if c else f"{'-':>10}{'-':>10}{'-':>10}{'-':>10}")
+            + f"{row['mmd']:>9.4f}{pct(row['mmd_reduction']):>10}{pct(row['coral_reduction']):>11}"
         )
-    naive = [r for r in result["rows"] if "naive" in r]
-    steps = naive[0]["compared_steps"] if naive else 0
+    steps = next((r["compare"]["steps"] for r in result["rows"] if "compare" in r), 0)
     lines += [
         "",
-        "target acc: held-out target test split.  fused / naive ms: median training step with",
-        f"the dapkernels losses / the copied naive losses (naive runs: first {steps} steps, same",
-        "seed).  loss gap: largest relative difference of the two loss trajectories over those",
-        "steps.  MMD, CORAL red.: discrepancy between source and target features of the",
-        "evaluation sets, relative to source-only.",
+        f"target acc: held-out target test split after {result['epochs']} x "
+        f"{result['iters_per_epoch']} steps.  fused / naive ms:",
+        "median training step with the dapkernels losses / the copied naive losses, measured",
+        f"over the first {steps} steps of two same-seed runs stepped alternately.  loss gap:",
+        "largest relative difference of their loss trajectories (float32 rounding, amplified",
+        "by training).  MMD red., CORAL red.: discrepancy between the source and target",
+        "evaluation features, relative to source-only.",
     ]
     return "\n".join(lines)
 
@@ -129,16 +124,15 @@ def plot_demo(path: Path, result: dict[str, Any]) -> None:
     rows = result["rows"]
     names = [r["method"] for r in rows]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    ax1.bar(names, [r["fused"]["target_acc"] for r in rows], color="tab:blue")
+    ax1.bar(names, [r["target_acc"] for r in rows], color="tab:blue")
     ax1.set(ylabel="target test accuracy (%)", title=f"{result['dataset']}: target accuracy")
     for i, r in enumerate(rows):
-        ax1.text(i, r["fused"]["target_acc"] + 0.5, f"{r['fused']['target_acc']:.1f}",
-                 ha="center")
-    adapt = [r for r in rows if "naive" in r]
+        ax1.text(i, r["target_acc"] + 0.5, f"{r['target_acc']:.1f}", ha="center")
+    adapt = [r for r in rows if "compare" in r]
     xs = range(len(adapt))
-    ax2.bar([x - 0.2 for x in xs], [r["fused"]["step_time_ms"] for r in adapt], 0.4,
+    ax2.bar([x - 0.2 for x in xs], [r["compare"]["fused_ms"] for r in adapt], 0.4,
             label="fused (dapkernels)")
-    ax2.bar([x + 0.2 for x in xs], [r["naive"]["step_time_ms"] for r in adapt], 0.4,
+    ax2.bar([x + 0.2 for x in xs], [r["compare"]["naive_ms"] for r in adapt], 0.4,
             label="naive (copied code)")
     ax2.set_xticks(list(xs), [r["method"] for r in adapt])
     ax2.set(ylabel="median step time (ms)", title="training step time")

@@ -1,4 +1,4 @@
-"""``dapkernels train METHOD`` and ``dapkernels train-grid``."""
+"""``dapkernels train METHOD``, ``train-grid`` and ``train-compare``."""
 
 from __future__ import annotations
 
@@ -138,7 +138,8 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def add_train_parser(subparsers: Any) -> None:
-    """Adds ``train`` and ``train-grid`` to the ``dapkernels`` sub-parsers."""
+    """Adds ``train``, ``train-grid`` and ``train-compare`` to the ``dapkernels`` sub-parsers."""
+    from .compare import add_compare_parser
     from .grid import add_grid_parser
 
     p = subparsers.add_parser(
@@ -160,3 +161,4 @@ def add_train_parser(subparsers: Any) -> None:
                      help="force the progress bar off (default: on for a terminal, off in CI)")
     p.set_defaults(func=_run_train)
     add_grid_parser(subparsers)
+    add_compare_parser(subparsers)
