@@ -41,6 +41,10 @@ class _CoralFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, backend, out_dtype, xs, xt):
         need_grad = ctx.needs_input_grad[2] or ctx.needs_input_grad[3]
+        if backend == "cpu":  # lean path: a float from C++, one tensor creation
+            value, grads = _module(backend).coral_sweep_float(xs, xt, need_grad)
+            ctx.save_for_backward(*grads)
+            return torch.tensor(value, dtype=out_dtype)
         value, grads = _sweep(xs, xt, need_grad, backend)
         ctx.save_for_backward(*grads)
         return value.to(device=xs.device, dtype=out_dtype)
