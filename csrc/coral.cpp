@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -167,10 +168,25 @@ DK_CLONES void tile_mm(const double* M, std::int64_t ldm, const double* B, std::
   tile_mm_body<double>(M, ldm, B, ldb, K, out, ldo, accumulate);
 }
 
-// Threads only when the work (in multiply-adds) is worth milliseconds: on a loaded machine a
-// parallel region can wait a whole scheduler slice for its second thread, which would swamp
-// the sub-millisecond calls of DA training batches.
-inline bool parallel_worth(double work) { return work > 2.0e7; }
+// Threads only when the work (in multiply-adds) is worth milliseconds and a core is idle. On a
+// loaded machine a parallel region waits, at its closing barrier, for a helper thread that may
+// not be scheduled for several milliseconds; one thread is then faster. The run-queue length
+// comes from /proc/loadavg ("running/total" field; absent elsewhere, then cores count as idle).
+inline bool cores_idle() {
+#if defined(__linux__) && defined(_OPENMP)
+  std::FILE* f = std::fopen("/proc/loadavg", "r");
+  if (f == nullptr) return true;
+  double l1, l5, l15;
+  long running = 0, total = 0;
+  const int got = std::fscanf(f, "%lf %lf %lf %ld/%ld", &l1, &l5, &l15, &running, &total);
+  std::fclose(f);
+  return got != 5 || running < omp_get_num_procs() + 1;  // `running` counts this thread
+#else
+  return true;
+#endif
+}
+
+inline bool parallel_worth(double work) { return work > 2.0e7 && cores_idle(); }
 
 // Upper triangle (then mirrored) of G = A Aᵀ, A: R×K with leading dim lda (R multiple of 4,
 // K multiple of W), G: R×R float64. Work items are runs of kGroup 4×4 tile pairs; an item sweeps
