@@ -124,12 +124,14 @@ def test_kill_during_epoch_2_then_resume_matches_uninterrupted(tmp_path):
 
     out = tmp_path / "killed"
     victim = _cli(*args, "--out", str(out))
-    first = out / "checkpoints" / "epoch_001.pt"
+    metrics = out / "metrics.json"
     deadline = time.monotonic() + 240
-    while not first.exists() and victim.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert first.exists(), victim.communicate()[0]
-    time.sleep(0.3)  # into epoch 2 (300 steps take well over that)
+    while victim.poll() is None and time.monotonic() < deadline:
+        if metrics.exists() and len(json.loads(metrics.read_text())["epochs"]) == 1:
+            break  # epoch 1 is checkpointed and reported: epoch 2 has started
+        time.sleep(0.01)
+    assert (out / "checkpoints" / "epoch_001.pt").exists(), victim.communicate()[0]
+    time.sleep(0.1)  # a few dozen steps into epoch 2's 300
     victim.send_signal(signal.SIGKILL)
     victim.communicate(timeout=60)
     assert victim.returncode == -signal.SIGKILL
