@@ -10,7 +10,8 @@
   (torch.mm on the same Z, same precision): TF32 (``set_float32_matmul_precision("high")``,
   our tl.dot in TF32), float32 ("highest": cuBLAS SGEMM vs our 3×TF32) and float16.  With
   ``--variants`` every candidate ``flash_kernel`` launch configuration is timed as well (they
-  override ``mmd.FLASH_CONFIGS`` for d = 256 in this process).
+  override the device's ``mmd.FLASH_CONFIGS`` table for d = 256 in this process; the
+  shipped entry may be absent, i.e. the call takes ``sweep_kernel``).
 Times are medians of CUDA-event-timed calls after warm-up.
 """
 
@@ -103,12 +104,13 @@ def large_cases(res: dict, variants: bool) -> None:
         row = {"mm": mm, "floor_2mm": 2 * mm}
         half = dtype != torch.float32
         x3 = prec == "highest" and not half
-        shipped = {g: tmmd.FLASH_CONFIGS[(g, half, x3, 256)] for g in (True, False)}
+        table = tmmd.FLASH_CONFIGS[tmmd.target(z.device)]
+        shipped = {g: table.get((g, half, x3, 256)) for g in (True, False)}
         for cand in CANDIDATES if variants else [None]:
             if cand is not None:
                 bm, bn, w, st = cand
                 for g in (True, False):
-                    tmmd.FLASH_CONFIGS[(g, half, x3, 256)] = tmmd.SweepConfig(bm, bn, 256, w, st)
+                    table[(g, half, x3, 256)] = tmmd.SweepConfig(bm, bn, 256, w, st)
             name = "shipped" if cand is None else "x".join(map(str, cand))
             try:
                 fb = median_ms(fwd_bwd(dk.mmd, zs, zt), 3, 1)
@@ -121,7 +123,9 @@ def large_cases(res: dict, variants: bool) -> None:
                          "fwd_over_floor": fo / (2 * mm)}
             print(label, name, row[name], flush=True)
         for g in (True, False):
-            tmmd.FLASH_CONFIGS[(g, half, x3, 256)] = shipped[g]
+            table.pop((g, half, x3, 256), None)
+            if shipped[g] is not None:
+                table[(g, half, x3, 256)] = shipped[g]
         res[f"mmd_N65536_d256_{label}_ms"] = row
         torch.cuda.empty_cache()
 

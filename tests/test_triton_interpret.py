@@ -137,6 +137,55 @@ def test_half_precision_inputs(dtype):
         assert value_err <= 1e-2 and grad_errs[0] <= 1e-2
 
 
+class _Spy:
+    """Records the name of each launch of a wrapped ``triton.jit`` kernel."""
+
+    def __init__(self, kernel, name: str, seen: list):
+        self.kernel, self.name, self.seen = kernel, name, seen
+
+    def __getitem__(self, grid):
+        self.seen.append(self.name)
+        return self.kernel[grid]
+
+
+@here
+@pytest.mark.parametrize(
+    "target,precision,rows,d,need_grad,kernel",
+    [
+        (90, "highest", 64, 100, True, "small_kernel"),
+        (80, "highest", 64, 100, True, "sweep_kernel"),  # NO_SMALL, no 3xTF32 flash at DP 128
+        (80, "highest", 64, 40, True, "flash_kernel"),
+        (80, "high", 90, 100, True, "flash_kernel"),
+        (80, "high", 90, 200, True, "sweep_kernel"),  # no float32 flash with gradient at DP 256
+        (90, "highest", 90, 100, False, "flash_kernel"),
+        (80, "highest", 90, 100, False, "sweep_kernel"),
+    ],
+)
+def test_routes_of_each_target_table(monkeypatch, target, precision, rows, d, need_grad, kernel):
+    """Each target's tables pick the expected kernel (small / flash / sweep) and it is exact."""
+    from dapkernels.backends.triton import mmd as tmmd
+    from dapkernels.backends.triton import mmd_kernels
+
+    seen: list = []
+    for name in ("small_kernel", "flash_kernel", "sweep_kernel"):
+        monkeypatch.setattr(mmd_kernels, name, _Spy(getattr(mmd_kernels, name), name, seen))
+    monkeypatch.setitem(tmmd._TARGET, torch.empty(0, device=DEVICE).device, target)
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(precision)
+    try:
+        torch.manual_seed(rows + d)
+        n = rows // 2
+        z = torch.cat([torch.randn(n, d) + 0.5, 1.3 * torch.randn(rows - n, d)])
+        value_err, grad_errs = _sweep_errors(
+            [z], n, [ALPHAS], [True], UNBIASED(n, rows - n), need_grad)
+    finally:
+        torch.set_float32_matmul_precision(before)
+    assert seen == [kernel]
+    # TF32 ("high") products carry ~1e-3 relative error per term in the distances.
+    tol = 1e-5 if precision == "highest" else 1e-3
+    assert value_err <= tol and all(e <= 10 * tol for e in grad_errs)
+
+
 def _leaves(args: dict) -> list:
     return [x for v in args.values() for x in (v if isinstance(v, list) else [v])
             if isinstance(x, torch.Tensor)]

@@ -1,10 +1,11 @@
 """Ahead-of-time compilation of every shipped Triton kernel configuration, without a GPU.
 
-``python -m dapkernels.backends.triton.aot [--arch 80 90] [--subset] [--jobs J]`` compiles each
-configuration with ``triton.compile(ASTSource(fn, signature, constexprs), target=GPUTarget(
-"cuda", cc, 32))`` (triton ships ptxas, so no GPU or CUDA toolkit is needed), prints registers,
-spill bytes and shared memory per kernel and configuration, and exits with status 1 on a
-compile error or any spill.  Registers and spills come from the ptxas log of that compile.
+``python -m dapkernels.backends.triton.aot [--arch 80 90] [--subset] [--kernel K …] [--jobs J]``
+compiles each configuration with ``triton.compile(ASTSource(fn, signature, constexprs),
+target=GPUTarget("cuda", cc, 32))`` (triton ships ptxas, so no GPU or CUDA toolkit is needed),
+prints registers, spill bytes and shared memory per kernel and configuration, and exits with
+status 1 on a compile error, any spill, or shared memory beyond the target's per-block limit.
+Registers and spills come from the ptxas log of that compile.
 """
 
 from __future__ import annotations
@@ -51,11 +52,16 @@ def _precisions(dtype: str) -> tuple[str, ...]:
     return ("tf32", "tf32x3") if dtype == "float32" else ("tf32",)
 
 
+#: shared memory a block may use, per target (bytes): 163 KB on sm_80, 227 KB on sm_90.
+SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
+
+
 def shipped_jobs(archs: list[int]) -> list[Job]:
     """Every configuration the Triton backend can launch, for each target in ``archs``.
 
     Axes: input dtype, tl.dot precision, gradient or not, and per kernel its tile constexprs
-    (flash: width DP; sweep: gradient group DG and layer mode; squaring or one exp per kernel).
+    (flash: width DP, from that target's ``FLASH_CONFIGS``; sweep: gradient group DG and
+    layer mode; squaring or one exp per kernel).
     """
     from .coral import coral_jobs
     from .mmd import (
@@ -64,6 +70,7 @@ def shipped_jobs(archs: list[int]) -> list[Job]:
         CONFIGS,
         FLASH_CONFIGS,
         MAX_GROUP,
+        NO_SMALL,
         SMALL_BD,
         SMALL_BN,
         SMALL_WARPS,
@@ -80,16 +87,18 @@ def shipped_jobs(archs: list[int]) -> list[Job]:
                 x3 = prec == "tf32x3"
                 for grad in (True, False):
                     for square in (True, False):
-                        jobs.append(Job("small_kernel", dtype, (
-                            ("BN", SMALL_BN), ("BD", SMALL_BD), ("SQUARE", square),
-                            ("HAS_GRAD", grad), ("DOT_PREC", prec)), SMALL_WARPS, 3, arch))
-                        for dp in (64, 128, 256):
-                            cfg = FLASH_CONFIGS[(grad, half, x3, dp)]
+                        if (arch, grad, prec) not in NO_SMALL:
+                            jobs.append(Job("small_kernel", dtype, (
+                                ("BN", SMALL_BN), ("BD", SMALL_BD), ("SQUARE", square),
+                                ("HAS_GRAD", grad), ("DOT_PREC", prec)), SMALL_WARPS, 3, arch))
+                        for (g, h, x, dp), cfg in FLASH_CONFIGS[arch].items():
+                            if (g, h, x) != (grad, half, x3):
+                                continue
                             jobs.append(Job("flash_kernel", dtype, (
                                 ("B_M", cfg.B_M), ("B_N", cfg.B_N), ("DP", dp), ("SQUARE", square),
                                 ("HAS_GRAD", grad), ("DOT_PREC", prec)),
                                 cfg.num_warps, cfg.num_stages, arch))
-                    cfg = CONFIGS[(grad, half, x3)]
+                    cfg = CONFIGS[arch][(grad, half, x3)]
                     for one_layer in (True, False):
                         groups = [g for g in (32, 64, 128)
                                   if cfg.BD <= g <= MAX_GROUP[(one_layer, x3)]]
@@ -103,24 +112,42 @@ def shipped_jobs(archs: list[int]) -> list[Job]:
 
 
 def subset_jobs() -> list[Job]:
-    """The test suite's subset: each kernel family (kernel × gradient or not) once, in its most
-    demanding shipped configuration (3×TF32 where it exists, widest tile, JMMD mode, one exp
-    per kernel), for sm_80 — where the register file spills first — and the flash and general
-    gradient kernels for sm_90 as well."""
+    """The test suite's subset: per target and kernel family (kernel × gradient or not), the
+    shipped configuration with the most registers, then the most shared memory, in the
+    committed table ``benchmarks/results/aot_triton_cuda_sm80_sm90.txt``; configurations the
+    table lacks rank by construction (3×TF32, float32, widest tile, JMMD mode, one exp per
+    kernel) above every recorded one."""
+    measured = _recorded_table()
     cost = {"tf32x3": 2, "tf32": 1}
-    best: dict[tuple, tuple] = {}
-    for j in shipped_jobs([80, 90]):
+    picks: dict[tuple, tuple[tuple, Job]] = {}
+    for j in shipped_jobs(list(SHARED_LIMIT)):
         c = dict(j.constexprs)
-        grad = c.get("HAS_GRAD")
-        if j.arch == 90 and not (grad and j.kernel in ("flash_kernel", "sweep_kernel")):
-            continue
-        rank = (cost.get(str(c.get("DOT_PREC")), 0), j.dtype == "float32",
+        family = (j.kernel, c.get("HAS_GRAD"), j.arch)
+        rank = (measured.get((j.arch, j.label), (1 << 30, 1 << 30)),
+                cost.get(str(c.get("DOT_PREC")), 0), j.dtype == "float32",
                 c.get("DP", 0) + c.get("DG", 0) + c.get("BN", 0), not c.get("ONE_LAYER", True),
                 not c.get("SQUARE", True))
-        key = (j.kernel, grad, j.arch)
-        if key not in best or rank > best[key][0]:
-            best[key] = (rank, j)
-    return [j for _, j in best.values()]
+        if family not in picks or rank > picks[family][0]:
+            picks[family] = (rank, j)
+    return [j for _, j in picks.values()]
+
+
+#: the committed full table, read by ``subset_jobs``.
+TABLE = os.path.join(os.path.dirname(__file__), "..", "..", "..", "benchmarks", "results",
+                     "aot_triton_cuda_sm80_sm90.txt")
+
+
+def _recorded_table() -> dict[tuple[int, str], tuple[int, int]]:
+    """``{(arch, label): (registers, shared bytes)}`` from the committed table, if present."""
+    out: dict[tuple[int, str], tuple[int, int]] = {}
+    if not os.path.exists(TABLE):
+        return out
+    with open(TABLE) as f:
+        for line in f:
+            parts = line.split(maxsplit=5)
+            if len(parts) == 6 and parts[0].isdigit() and parts[1].isdigit():
+                out[(int(parts[0]), parts[5].strip())] = (int(parts[1]), int(parts[3]))
+    return out
 
 
 def _signature(job: Job) -> dict[str, str]:
@@ -201,18 +228,23 @@ def run(jobs: list[Job], workers: int) -> list[tuple[Job, dict[str, object]]]:
         return list(zip(jobs, pool.map(compile_job, jobs)))
 
 
-def failed(result: dict[str, object]) -> bool:
-    """A compile error, a spill, or a log without register counts is a failure."""
-    return "error" in result or result["spill_bytes"] != 0 or result["registers"] < 0
+def failed(job: Job, result: dict[str, object]) -> bool:
+    """A compile error, a spill, shared memory beyond the target's limit, or a log without
+    register counts is a failure."""
+    return ("error" in result or result["spill_bytes"] != 0 or result["registers"] < 0
+            or result["shared_bytes"] > SHARED_LIMIT[job.arch])
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, nargs="+", default=[80, 90])
     parser.add_argument("--subset", action="store_true", help="the test suite's subset")
+    parser.add_argument("--kernel", nargs="+", help="only these kernels (e.g. flash_kernel)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args(argv)
     jobs = subset_jobs() if args.subset else shipped_jobs(args.arch)
+    if args.kernel:
+        jobs = [j for j in jobs if j.kernel in args.kernel]
     results = run(jobs, args.jobs)
     print(f"{'sm':>3} {'regs':>4} {'spill':>5} {'smem':>6} {'mma':>8}  kernel / configuration")
     bad = 0
@@ -223,8 +255,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"{job.arch:>3} {res['registers']:>4} {res['spill_bytes']:>5} "
                   f"{res['shared_bytes']:>6} {res['mma']:>8}  {job.label}")
-        bad += failed(res)
-    print(f"{len(results)} configurations, {bad} failed (compile error or spills)")
+        bad += failed(job, res)
+    print(f"{len(results)} configurations, {bad} failed (compile error, spills or shared memory "
+          f"over {', '.join(f'sm_{a}: {v}' for a, v in SHARED_LIMIT.items())} bytes)")
     return 1 if bad else 0
 
 

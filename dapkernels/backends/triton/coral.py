@@ -2,7 +2,7 @@
 
 The contract is ``backends.reference.coral_sweep``.  Per call: one memset of the N × N Gram
 buffer, ``coral_gram_kernel``, ``coral_grad_kernel``; no host sync.  Shapes the Gram kernels do
-not cover (N = n_s + n_t > 128 rows, or the d × d path when N ≥ d) run the reference torch
+not cover (N = n_s + n_t > MAX_ROWS = 64 rows, or the d × d path when N ≥ d) run the reference torch
 formula on the same device.
 """
 
@@ -15,21 +15,17 @@ from .. import reference
 from . import coral_kernels as K
 from .mmd import dot_precision
 
-#: most rows (n_s + n_t) of the Gram path: the N × N Gram tile lives in registers.
-MAX_ROWS = 128
+#: most rows (n_s + n_t) of the Gram path: the N × N Gram tile lives in registers.  A 128-row
+#: tile spills on sm_80 and sm_90 even on 16 warps (``python -m dapkernels.backends.triton.aot``),
+#: so larger batches take the reference formula.
+MAX_ROWS = 64
 _BD = 32
+#: warps and pipeline stages per program: the 64 × 64 Gram tile and its float32 product fit
+#: without spills (3 stages spill on sm_80 for float64 inputs).
+_WARPS = 8
+_STAGES = 1
 #: programs per kernel: the feature dimension is split into at most this many column ranges.
 _MAX_PROGRAMS = 128
-
-
-def _block_rows(rows: int) -> int:
-    """Gram tile size: 64 or 128 (one tl.dot shape per size)."""
-    return 64 if rows <= 64 else 128
-
-
-def _warps(bn: int) -> int:
-    """Warps per program: 8, so the Gram tile and its float32 product fit without spills."""
-    return 8
 
 
 def coral_jobs() -> list[tuple[str, str, tuple, int, int]]:
@@ -37,13 +33,11 @@ def coral_jobs() -> list[tuple[str, str, tuple, int, int]]:
     jobs = []
     for dtype in ("float32", "float64", "float16", "bfloat16"):
         for prec in ("tf32", "tf32x3"):
-            for bn in (64, 128):
-                base = (("BN", bn), ("BD", _BD))
-                jobs.append(("coral_gram_kernel", dtype, base + (("DOT_PREC", prec),),
-                             _warps(bn), 3))
-                for grad in (True, False):
-                    jobs.append(("coral_grad_kernel", dtype,
-                                 base + (("HAS_GRAD", grad), ("DOT_PREC", prec)), _warps(bn), 3))
+            base = (("BN", MAX_ROWS), ("BD", _BD))
+            jobs.append(("coral_gram_kernel", dtype, base + (("DOT_PREC", prec),), _WARPS, _STAGES))
+            for grad in (True, False):
+                jobs.append(("coral_grad_kernel", dtype,
+                             base + (("HAS_GRAD", grad), ("DOT_PREC", prec)), _WARPS, _STAGES))
     return jobs
 
 
@@ -66,7 +60,7 @@ def coral_sweep(
     Args:
         xs: (n_s, d) source features, xt: (n_t, d) target features, n_s, n_t ≥ 2, one device.
         need_grad: whether to return gradients.
-        path: ``"gram"`` runs the kernels when n_s + n_t ≤ 128; ``"cov"`` (or more rows) runs
+        path: ``"gram"`` runs the kernels when n_s + n_t ≤ MAX_ROWS; ``"cov"`` (or more rows) runs
             the reference formula on the device.
 
     Returns:
@@ -85,7 +79,7 @@ def coral_sweep(
         xs = xs.contiguous()
     if xt.stride(1) != 1:
         xt = xt.contiguous()
-    bn = _block_rows(ns + nt)
+    bn = MAX_ROWS
     prec = dot_precision(xs.dtype)
     cols_per_prog = triton.cdiv(triton.cdiv(d, _MAX_PROGRAMS), _BD) * _BD
     grid = (triton.cdiv(d, cols_per_prog),)
@@ -93,13 +87,13 @@ def coral_sweep(
     value = torch.empty((), dtype=torch.float64, device=xs.device)
     K.coral_gram_kernel[grid](
         xs, xt, gram, ns, nt, d, xs.stride(0), xt.stride(0), cols_per_prog,
-        BN=bn, BD=_BD, DOT_PREC=prec, num_warps=_warps(bn), num_stages=3,
+        BN=bn, BD=_BD, DOT_PREC=prec, num_warps=_WARPS, num_stages=_STAGES,
     )
     gs = torch.empty((ns, d), dtype=xs.dtype, device=xs.device) if need_grad else value
     gt = torch.empty((nt, d), dtype=xs.dtype, device=xs.device) if need_grad else value
     K.coral_grad_kernel[grid if need_grad else (1,)](
         xs, xt, gram, value, gs, gt, ns, nt, d, xs.stride(0), xt.stride(0), cols_per_prog,
-        BN=bn, BD=_BD, HAS_GRAD=need_grad, DOT_PREC=prec, num_warps=_warps(bn), num_stages=3,
+        BN=bn, BD=_BD, HAS_GRAD=need_grad, DOT_PREC=prec, num_warps=_WARPS, num_stages=_STAGES,
     )
     if not need_grad:
         return value, []

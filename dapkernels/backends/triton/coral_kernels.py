@@ -1,4 +1,4 @@
-"""Triton kernels of the CORAL Gram path (DESIGN §4), for n_s + n_t ≤ 128 rows.
+"""Triton kernels of the CORAL Gram path (DESIGN §4), for n_s + n_t ≤ BN rows (BN = 64).
 
 With ``X̃`` the per-domain column-centred rows of both batches stacked (N = n_s + n_t) and
 ``G = X̃ X̃ᵀ`` (N × N):

@@ -4,9 +4,12 @@ The contract is ``backends.reference.mmd_sweep``.  Everything stays on the devic
 bandwidths are computed by the kernels from device-side statistics (no host sync), the block
 sums come back as a float64 device tensor.  Per call, one of:
 
-* one layer, N ≤ 64: one ``small_kernel`` launch (no memset, no packing);
-* one layer, d ≤ 256: one memset, ``prep_kernel``, ``flash_kernel``;
-* otherwise (JMMD, wide layers): one memset, ``prep_kernel`` per layer, ``sweep_kernel``.
+* one layer, N ≤ 64: one ``small_kernel`` launch (no memset, no packing), except where
+  ``NO_SMALL`` says it spills;
+* one layer, d ≤ 256 where the device's table has a flash configuration (see
+  ``FLASH_CONFIGS``): one memset, ``prep_kernel``, ``flash_kernel``;
+* otherwise (JMMD, wide layers, float32 gradients at d > 128): one memset, ``prep_kernel`` per
+  layer, ``sweep_kernel``.
 """
 
 from __future__ import annotations
@@ -37,6 +40,10 @@ MAX_LAYERS = K.MAX_LAYERS.value
 SMALL_BN = 64
 SMALL_BD = 32
 SMALL_WARPS = 8
+#: (target, has_grad, tl.dot precision) where ``small_kernel`` spills on every tile / warp /
+#: stage choice tried (3×TF32 with the gradient on sm_80): those calls take the flash / sweep
+#: route instead.
+NO_SMALL = frozenset({(80, True, "tf32x3")})
 #: widest layer of the flash path: Y_I (B_M × 256) and the gradient stay in registers.
 FLASH_MAX_D = 256
 
@@ -55,45 +62,90 @@ class SweepConfig:
     num_stages: int
 
 
-#: ``sweep_kernel`` configurations, key (has_grad, half precision, 3×TF32), and the widest
-#: gradient column group per key: chosen with ``python -m dapkernels.backends.triton.aot`` as
-#: the widest tiles that compile without spills for sm_80 and sm_90 (3×TF32 splits each operand
-#: in two, hence smaller tiles).
-CONFIGS: dict[tuple[bool, bool, bool], SweepConfig] = {
-    (True, False, False): SweepConfig(B_M=64, B_N=64, BD=32, num_warps=8, num_stages=2),
-    (True, False, True): SweepConfig(B_M=64, B_N=32, BD=32, num_warps=8, num_stages=2),
-    (True, True, False): SweepConfig(B_M=64, B_N=64, BD=64, num_warps=8, num_stages=2),
-    (False, False, False): SweepConfig(B_M=128, B_N=64, BD=32, num_warps=8, num_stages=2),
-    (False, False, True): SweepConfig(B_M=64, B_N=64, BD=32, num_warps=8, num_stages=2),
-    (False, True, False): SweepConfig(B_M=128, B_N=64, BD=64, num_warps=8, num_stages=2),
+#: The tables below are per target: ``80`` (compute capability < 9: sm_80 and the consumer
+#: Ampere / Ada parts, 163 KB of shared memory per block or less) and ``90`` (Hopper and newer,
+#: 227 KB).  Every entry was chosen with ``python -m dapkernels.backends.triton.aot`` (registers,
+#: spills, shared memory; ``benchmarks/results/aot_triton_cuda_sm80_sm90.txt``) as the widest
+#: tiles that compile for that target without spills and within its shared memory.
+TARGETS = (80, 90)
+
+#: ``sweep_kernel`` configurations per target, key (has_grad, half precision, 3×TF32), and the
+#: widest gradient column group per key (one layer, 3×TF32).  3×TF32 splits each operand in
+#: two, hence smaller tiles and a single pipeline stage with the gradient.
+CONFIGS: dict[int, dict[tuple[bool, bool, bool], SweepConfig]] = {
+    target: {
+        (True, False, False): SweepConfig(B_M=64, B_N=64, BD=32, num_warps=8, num_stages=2),
+        (True, False, True): SweepConfig(B_M=64, B_N=32, BD=32, num_warps=8, num_stages=1),
+        (True, True, False): SweepConfig(B_M=64, B_N=64, BD=64, num_warps=8, num_stages=2),
+        (False, False, False): SweepConfig(B_M=128, B_N=64, BD=32, num_warps=8, num_stages=2),
+        (False, False, True): SweepConfig(B_M=64, B_N=32, BD=32, num_warps=8, num_stages=2),
+        (False, True, False): SweepConfig(B_M=128, B_N=64, BD=64, num_warps=8, num_stages=2),
+    }
+    for target in TARGETS
 }
 MAX_GROUP: dict[tuple[bool, bool], int] = {  # key (one layer, 3×TF32)
-    (True, False): 128, (False, False): 128, (True, True): 64, (False, True): 64,
+    (True, False): 128, (False, False): 128, (True, True): 32, (False, True): 32,
 }
-#: ``flash_kernel`` configurations, key (has_grad, half precision, 3×TF32, DP).  d = 256 uses
-#: the fastest of the candidates timed on an H100 (``benchmarks/triton_cuda_timing.py
-#: --variants``): 128×32 tiles on 8 warps in float32, 64×64 on 4 warps in half precision.
-FLASH_CONFIGS: dict[tuple[bool, bool, bool, int], SweepConfig] = {
-    (g, h, x3, dp): SweepConfig(B_M=64, B_N=64 if dp <= 128 else 32, BD=dp, num_warps=4,
-                                num_stages=2)
-    for g in (True, False) for h in (False, True) for x3 in ((False,) if h else (False, True))
-    for dp in (64, 128, 256)
+
+
+def _flash_table(entries: dict[tuple[bool, str], dict[int, tuple[int, int, int]]]) -> dict:
+    """``{(grad, half, x3, DP): SweepConfig}`` from ``{(grad, kind): {DP: (B_M, B_N, warps)}}``
+    with kind ``"tf32"``, ``"tf32x3"`` (float32) or ``"half"`` (float16 / bfloat16)."""
+    return {(g, kind == "half", kind == "tf32x3", dp): SweepConfig(bm, bn, dp, w, 2)
+            for (g, kind), per_dp in entries.items() for dp, (bm, bn, w) in per_dp.items()}
+
+
+#: ``flash_kernel`` configurations per target, key (has_grad, half precision, 3×TF32, DP).  A
+#: missing key routes the call to ``sweep_kernel``: where no tile shape tried kept ``Y_I`` (and
+#: with the gradient its accumulator) in registers next to the tiles without spilling — float32
+#: with the gradient at d > 128, 3×TF32 at d > 64 (sm_80) or with the gradient.
+FLASH_CONFIGS: dict[int, dict[tuple[bool, bool, bool, int], SweepConfig]] = {
+    80: _flash_table({
+        (True, "tf32"): {64: (32, 64, 4), 128: (64, 64, 8)},
+        (True, "tf32x3"): {64: (32, 32, 4)},
+        (True, "half"): {64: (64, 64, 8), 128: (64, 64, 8), 256: (64, 32, 8)},
+        (False, "tf32"): {64: (64, 64, 4), 128: (64, 64, 4), 256: (128, 32, 8)},
+        (False, "tf32x3"): {64: (32, 64, 4)},
+        (False, "half"): {64: (64, 64, 4), 128: (64, 64, 4), 256: (64, 32, 4)},
+    }),
+    90: _flash_table({
+        (True, "tf32"): {64: (64, 64, 8), 128: (32, 64, 4)},
+        (True, "tf32x3"): {64: (32, 32, 4)},
+        (True, "half"): {64: (64, 64, 8), 128: (32, 64, 4), 256: (32, 32, 4)},
+        (False, "tf32"): {64: (64, 64, 4), 128: (64, 64, 4), 256: (128, 32, 8)},
+        (False, "tf32x3"): {64: (64, 64, 8), 128: (64, 32, 8)},
+        (False, "half"): {64: (64, 64, 4), 128: (64, 64, 4), 256: (64, 32, 4)},
+    }),
 }
-for _g in (True, False):
-    FLASH_CONFIGS[(_g, False, False, 256)] = SweepConfig(128, 32, 256, 8, 2)
-    FLASH_CONFIGS[(_g, True, False, 256)] = SweepConfig(64, 64, 256, 4, 2)
+
+_TARGET: dict[torch.device, int] = {}
 
 
-def sweep_config(need_grad: bool, cdt: torch.dtype, prec: str) -> SweepConfig:
-    """``sweep_kernel`` configuration for a compute dtype and tl.dot precision."""
+def target(device: torch.device) -> int:
+    """Config table of ``device``: 90 from compute capability 9 on, else 80; cached per device.
+
+    CPU tensors (``TRITON_INTERPRET=1``) use 90, whose routes launch ``small_kernel`` in every
+    mode; the tests switch a device to 80 to run that table's routes.
+    """
+    hit = _TARGET.get(device)
+    if hit is None:
+        major = torch.cuda.get_device_capability(device)[0] if device.type == "cuda" else 9
+        hit = _TARGET[device] = 90 if major >= 9 else 80
+    return hit
+
+
+def sweep_config(tgt: int, need_grad: bool, cdt: torch.dtype, prec: str) -> SweepConfig:
+    """``sweep_kernel`` configuration for a target, compute dtype and tl.dot precision."""
     half = cdt != torch.float32
-    return CONFIGS[(need_grad, half, prec == "tf32x3" and not half)]
+    return CONFIGS[tgt][(need_grad, half, prec == "tf32x3" and not half)]
 
 
-def flash_config(need_grad: bool, cdt: torch.dtype, prec: str, dp: int) -> SweepConfig:
-    """``flash_kernel`` configuration for a compute dtype, tl.dot precision and width DP."""
+def flash_config(tgt: int, need_grad: bool, cdt: torch.dtype, prec: str,
+                 dp: int) -> SweepConfig | None:
+    """``flash_kernel`` configuration for a target, compute dtype, tl.dot precision and width
+    DP, or None where no flash configuration compiles cleanly (the call takes the sweep)."""
     half = cdt != torch.float32
-    return FLASH_CONFIGS[(need_grad, half, prec == "tf32x3" and not half, dp)]
+    return FLASH_CONFIGS[tgt].get((need_grad, half, prec == "tf32x3" and not half, dp))
 
 
 def flash_width(d: int) -> int:
@@ -137,7 +189,7 @@ _BANKS: dict[tuple, torch.Tensor] = {}
 
 def _bank_table(factors: tuple, device: torch.device) -> torch.Tensor:
     """One layer's bank (float32) on ``device``, cached."""
-    key = (factors, str(device))
+    key = (factors, device)
     hit = _BANKS.get(key)
     if hit is None:
         if len(_BANKS) >= 256:
@@ -183,29 +235,48 @@ def _flat_grad(grad: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return grad if grad.dtype == dtype else grad.to(dtype)
 
 
+#: per (shape, row stride, dtype, device, bank, relative, gradient, precision): the bank on the
+#: device, the gradient dtype and the launch constants of ``small_kernel``.  A training loop
+#: builds it once; later calls do one dict lookup, two ``torch.empty`` and the launch.
+_SMALL_PLANS: dict[tuple, tuple[torch.Tensor, torch.dtype, int, dict[str, object]]] = {}
+
+
+def _small_plan(key: tuple) -> tuple[torch.Tensor, torch.dtype, int, dict[str, object]]:
+    (_, d), stride, dtype, device, factors, _, need_grad, prec = key
+    plan = (
+        _bank_table(factors, device),
+        torch.float32 if dtype == torch.float64 else dtype,
+        d if dtype == torch.float64 else stride,  # float64 inputs are copied to float32 rows
+        {"BN": SMALL_BN, "BD": SMALL_BD, "SQUARE": _squaring(factors), "HAS_GRAD": need_grad,
+         "DOT_PREC": prec, "num_warps": SMALL_WARPS},
+    )
+    if len(_SMALL_PLANS) >= 256:
+        _SMALL_PLANS.clear()
+    _SMALL_PLANS[key] = plan
+    return plan
+
+
 def _small(z: torch.Tensor, n: int, factors: tuple, rel: bool, weights: Sequence[float],
            need_grad: bool) -> tuple:
-    N, d = z.shape
-    sums = torch.empty(3, dtype=torch.float64, device=z.device)
-    grad = torch.empty((N, d), dtype=torch.float32 if z.dtype == torch.float64 else z.dtype,
-                       device=z.device) if need_grad else sums
-    if z.dtype == torch.float64:
+    """One ``small_kernel`` launch (N ≤ SMALL_BN): no memset, no packing, cached constants."""
+    shape, dtype, device = z.shape, z.dtype, z.device
+    key = (shape, z.stride(0), dtype, device, factors, rel, need_grad, dot_precision(dtype))
+    plan = _SMALL_PLANS.get(key)
+    bank, gdt, stride, consts = plan if plan is not None else _small_plan(key)
+    sums = torch.empty(3, dtype=torch.float64, device=device)
+    grad = torch.empty(shape, dtype=gdt, device=device) if need_grad else sums
+    if dtype == torch.float64:
         z = z.float()
-    K.small_kernel[(1,)](
-        z, _bank_table(factors, z.device), grad, sums, N, n, d, z.stride(0), len(factors),
-        int(rel), *weights, BN=SMALL_BN, BD=SMALL_BD, SQUARE=_squaring(factors),
-        HAS_GRAD=need_grad, DOT_PREC="tf32x3" if torch.get_float32_matmul_precision() == "highest"
-        else "tf32", num_warps=SMALL_WARPS,
-    )
+    K.small_kernel[(1,)](z, bank, grad, sums, shape[0], n, shape[1], stride, len(factors),
+                         int(rel), *weights, **consts)
     return sums, grad
 
 
 def _flash(z: torch.Tensor, n: int, factors: tuple, rel: bool, weights: Sequence[float],
-           need_grad: bool) -> tuple:
+           need_grad: bool, cfg: SweepConfig, prec: str) -> tuple:
+    """``prep_kernel`` then ``flash_kernel`` with ``cfg`` (one layer, d ≤ cfg.BD = DP)."""
     N, d = z.shape
-    device, cdt, prec = z.device, _COMPUTE_DTYPE[z.dtype], dot_precision(z.dtype)
-    dp = flash_width(d)
-    cfg = flash_config(need_grad, cdt, prec, dp)
+    device, cdt, dp = z.device, _COMPUTE_DTYPE[z.dtype], cfg.BD
     zp = torch.empty((N, dp), dtype=cdt, device=device)
     sq = torch.empty(N, dtype=torch.float32, device=device)
     stats = torch.zeros(3 + d + 1, dtype=torch.float64, device=device)
@@ -259,19 +330,27 @@ def mmd_sweep(
     z0 = zs[0].detach()
     device, dtype, N = z0.device, z0.dtype, z0.shape[0]
     weights = tuple(float(w) for w in weights)
-    if num_layers == 1 and (N <= SMALL_BN or z0.shape[1] <= FLASH_MAX_D):
-        path = _small if N <= SMALL_BN else _flash
+    cdt, prec = _COMPUTE_DTYPE[dtype], dot_precision(dtype)
+    tgt = target(device)
+    if num_layers == 1:
         if z0.stride(1) != 1:
             z0 = z0.contiguous()
-        sums, grad = path(z0, n, tuple(factors[0]), bool(relative[0]), weights, need_grad)
-        return sums, [_flat_grad(grad, dtype)] if need_grad else []
+        if N <= SMALL_BN and (tgt, need_grad, prec) not in NO_SMALL:
+            sums, grad = _small(z0, n, tuple(factors[0]), bool(relative[0]), weights, need_grad)
+            return sums, [_flat_grad(grad, dtype)] if need_grad else []
+        d = z0.shape[1]
+        flash = flash_config(tgt, need_grad, cdt, prec, flash_width(d)) if d <= FLASH_MAX_D \
+            else None
+        if flash is not None:
+            sums, grad = _flash(z0, n, tuple(factors[0]), bool(relative[0]), weights, need_grad,
+                                flash, prec)
+            return sums, [_flat_grad(grad, dtype)] if need_grad else []
 
-    cdt, prec = _COMPUTE_DTYPE[dtype], dot_precision(dtype)
-    cfg = sweep_config(need_grad, cdt, prec)
+    cfg = sweep_config(tgt, need_grad, cdt, prec)
     dims = tuple(int(z.shape[1]) for z in zs)
     dpads = [triton.cdiv(d, cfg.BD) * cfg.BD for d in dims]
     dg = group_width(max(dpads), cfg.BD, num_layers == 1, prec) if need_grad else cfg.BD
-    key = (str(device), dims, tuple(tuple(f) for f in factors), tuple(relative), cfg.BD, dg)
+    key = (device, dims, tuple(tuple(f) for f in factors), tuple(relative), cfg.BD, dg)
     layer_t, bank_t, group_t = _tables(key, device)
 
     width = sum(dpads)
