@@ -19,10 +19,9 @@ TINY = ["--sizes", "8", "16", "--dims", "16", "--floor-cases", "128:16", "--time
 
 
 def _bench_main(argv: list) -> int:
-    parser = argparse.ArgumentParser(prog="dapkernels")
-    add_bench_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    from dapkernels.cli import main  # the console script's entry point
+
+    return main(argv)
 
 
 def _positive_finite(value: object) -> bool:
