@@ -5,6 +5,7 @@ fused dapkernels losses or (``impl="naive"``) the copied-code baselines; ``load_
 builds the offline datasets.  The command line is ``dapkernels train`` / ``train-grid``.
 """
 
+from .compare import compare_impls
 from .config import IMPLS, METHODS, RECIPES, TrainConfig
 from .datasets import DIGITS_SHIFTS, EMBEDDED_DATASETS, DomainData, load_dataset
 from .models import DAModel, MLPBackbone, SmallCNN, build_backbone
@@ -13,6 +14,7 @@ from .trainer import Trainer
 __all__ = [
     "Trainer",
     "TrainConfig",
+    "compare_impls",
     "METHODS",
     "IMPLS",
     "RECIPES",
