@@ -156,7 +156,9 @@ class _Spy:
         (80, "highest", 64, 100, True, "sweep_kernel"),  # NO_SMALL, no 3xTF32 flash at DP 128
         (80, "highest", 64, 40, True, "flash_kernel"),
         (80, "high", 90, 100, True, "flash_kernel"),
-        (80, "high", 90, 200, True, "sweep_kernel"),  # no float32 flash with gradient at DP 256
+        (80, "high", 90, 200, True, "flash_kernel"),
+        (90, "highest", 90, 200, True, "sweep_kernel"),  # no 3xTF32 flash with gradient at DP 256
+        (80, "high", 90, 300, True, "sweep_kernel"),  # d > 256
         (90, "highest", 90, 100, False, "flash_kernel"),
         (80, "highest", 90, 100, False, "sweep_kernel"),
     ],

@@ -97,19 +97,20 @@ def _flash_table(entries: dict[tuple[bool, str], dict[int, tuple[int, int, int]]
 
 #: ``flash_kernel`` configurations per target, key (has_grad, half precision, 3×TF32, DP).  A
 #: missing key routes the call to ``sweep_kernel``: where no tile shape tried kept ``Y_I`` (and
-#: with the gradient its accumulator) in registers next to the tiles without spilling — float32
-#: with the gradient at d > 128, 3×TF32 at d > 64 (sm_80) or with the gradient.
+#: with the gradient its accumulator) in registers next to the tiles without spilling — 3×TF32
+#: at d > 64 with the gradient or on sm_80, and at d > 128.  (On triton 3.6, 64 × 64 tiles on
+#: 8 warps spilled at d = 128 with the gradient on sm_80, hence 32-row tiles there.)
 FLASH_CONFIGS: dict[int, dict[tuple[bool, bool, bool, int], SweepConfig]] = {
     80: _flash_table({
-        (True, "tf32"): {64: (32, 64, 4), 128: (64, 64, 8)},
+        (True, "tf32"): {64: (32, 64, 4), 128: (32, 64, 4), 256: (32, 32, 8)},
         (True, "tf32x3"): {64: (32, 32, 4)},
-        (True, "half"): {64: (64, 64, 8), 128: (64, 64, 8), 256: (64, 32, 8)},
+        (True, "half"): {64: (64, 64, 8), 128: (32, 64, 4), 256: (32, 32, 4)},
         (False, "tf32"): {64: (64, 64, 4), 128: (64, 64, 4), 256: (128, 32, 8)},
         (False, "tf32x3"): {64: (32, 64, 4)},
         (False, "half"): {64: (64, 64, 4), 128: (64, 64, 4), 256: (64, 32, 4)},
     }),
     90: _flash_table({
-        (True, "tf32"): {64: (64, 64, 8), 128: (32, 64, 4)},
+        (True, "tf32"): {64: (64, 64, 8), 128: (32, 64, 4), 256: (32, 32, 8)},
         (True, "tf32x3"): {64: (32, 32, 4)},
         (True, "half"): {64: (64, 64, 8), 128: (32, 64, 4), 256: (32, 32, 4)},
         (False, "tf32"): {64: (64, 64, 4), 128: (64, 64, 4), 256: (128, 32, 8)},
