@@ -1,8 +1,7 @@
 """Triton MMD / JMMD kernels against the float64 reference backend.
 
-Without a GPU the kernels run in the Triton interpreter on CPU tensors: one test re-runs this
-module in a subprocess with ``TRITON_INTERPRET=1`` (the flag must be set before triton is
-imported, which the rest of the suite may already have done).  With a GPU (and no
+Without a GPU the kernels run in the Triton interpreter on CPU tensors (``tests/conftest.py``
+sets ``TRITON_INTERPRET=1`` before triton is imported).  With a GPU (and no
 ``TRITON_INTERPRET``) the same tests run compiled kernels on CUDA tensors.
 
 Tolerances.  The estimate ``w_ss S_ss + 2 w_st S_st + w_tt S_tt`` can be ~0 while its terms are
@@ -14,15 +13,11 @@ float16 / bfloat16 inputs ≤ 1e-2 for both.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
 ON_GPU = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1"
-#: Where the kernels run in this process: compiled on a GPU, or interpreted on CPU tensors.
-RUN_HERE = ON_GPU or os.environ.get("TRITON_INTERPRET") == "1"
 pytest.importorskip("triton")
 
 import dapkernels as dk  # noqa: E402
@@ -31,23 +26,6 @@ from dapkernels.backends import get, reference  # noqa: E402
 DEVICE = "cuda" if ON_GPU else "cpu"
 ALPHAS = [2.0**i for i in range(-3, 2)]
 TRITON = get("triton")
-here = pytest.mark.skipif(not RUN_HERE, reason="runs in the TRITON_INTERPRET=1 subprocess")
-
-
-@pytest.mark.skipif(RUN_HERE, reason="this process runs the kernels itself")
-def test_interpreter_subprocess():
-    """Runs this module again with TRITON_INTERPRET=1 in a fresh interpreter.
-
-    Triton reads the flag when it and the kernels are decorated (its own ``tl.zeros`` & co.
-    included), so it cannot be switched on in a process where triton is already imported.
-    """
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
-        env=env, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-        capture_output=True, text=True, timeout=900,
-    )
-    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
 
 
 def _sweep_errors(zs, n, factors, relative, weights, need_grad, dtype=torch.float32):
@@ -71,7 +49,6 @@ def _sweep_errors(zs, n, factors, relative, weights, need_grad, dtype=torch.floa
 UNBIASED = lambda n, m: (1.0 / (n * (n - 1)), -1.0 / (n * m), 1.0 / (m * (m - 1)))  # noqa: E731
 
 
-@here
 @pytest.mark.parametrize(
     "n,m,d",
     # one program (N ≤ 64), flash (d ≤ 256), general sweep (d > 256)
@@ -87,7 +64,6 @@ def test_mmd_sweep_matches_reference(n, m, d, need_grad):
     assert all(e <= 1e-4 for e in grad_errs)
 
 
-@here
 def test_general_bank_and_offset_data():
     """Bandwidths that are not a doubling series take one exp per kernel; a far-away mean."""
     torch.manual_seed(1)
@@ -99,7 +75,6 @@ def test_general_bank_and_offset_data():
             assert value_err <= 1e-5 and grad_errs[0] <= 1e-4
 
 
-@here
 def test_jmmd_layers():
     torch.manual_seed(2)
     n, m = 19, 26
@@ -116,7 +91,6 @@ def test_jmmd_layers():
         assert all(e <= 1e-4 for e in grad_errs)
 
 
-@here
 def test_identical_rows_use_unit_bandwidth():
     z = torch.ones(10, 4)
     sums, grads = TRITON.mmd_sweep([z.to(DEVICE)], 4, [ALPHAS], [True], UNBIASED(4, 6), True)
@@ -125,11 +99,9 @@ def test_identical_rows_use_unit_bandwidth():
     assert float(grads[0].abs().max()) == 0.0
 
 
-@here
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+# The triton 3.9 interpreter's tl.dot multiplies bfloat16 bit patterns: bfloat16 on a GPU only.
+@pytest.mark.parametrize("dtype", [torch.float16] + ([torch.bfloat16] if ON_GPU else []))
 def test_half_precision_inputs(dtype):
-    if dtype == torch.bfloat16 and not ON_GPU:
-        pytest.skip("triton 3.9 interpreter: tl.dot on bfloat16 multiplies the raw bit patterns")
     torch.manual_seed(3)
     for n, m in ((30, 41), (12, 9)):  # flash and one-program paths
         z = torch.cat([torch.randn(n, 127) + 0.3, torch.randn(m, 127)])
@@ -148,7 +120,6 @@ class _Spy:
         return self.kernel[grid]
 
 
-@here
 @pytest.mark.parametrize(
     "target,precision,rows,d,need_grad,kernel",
     [
@@ -201,7 +172,6 @@ def _as_reference(v):
     return v
 
 
-@here
 @pytest.mark.parametrize("estimator", ["unbiased", "biased"])
 def test_functional_mmd_and_jmmd_through_the_op(estimator):
     """dk.mmd / dk.jmmd with backend="triton": values and autograd gradients."""
@@ -227,7 +197,6 @@ def test_functional_mmd_and_jmmd_through_the_op(estimator):
             assert float((g.cpu().double() - rg).norm()) <= 1e-4 * float(rg.norm())
 
 
-@here
 def test_too_many_layers_is_an_error():
     z = torch.randn(6, 2, device=DEVICE)
     with pytest.raises(ValueError, match="at most 8 layers"):

@@ -77,8 +77,8 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
                    help="DANN discriminator width (default: %(default)s)")
     p.add_argument("--grl-max-iters", type=int, default=1000,
                    help="DANN warm-start length (default: %(default)s)")
-    p.add_argument("--grl-alpha", type=float, default=1.0,
-                   help="DANN warm-start steepness (default: %(default)s)")
+    p.add_argument("--grl-alpha", type=float, default=TrainConfig.grl_alpha,
+                   help="DANN warm-start steepness γ (default: %(default)s, the DANN paper's)")
     p.add_argument("--backbone", choices=BACKBONES, default="auto",
                    help="feature extractor (default: cnn for images, mlp for moons, identity "
                         "for npz features)")
