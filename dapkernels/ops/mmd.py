@@ -46,18 +46,19 @@ def _sweep(zs, n, factors, relative, weights, const, need_grad, backend, dtype):
 class _FusedMMDFunction(torch.autograd.Function):
     """Eager path: forward concatenates and sweeps, backward scales the stored gradients.
 
-    Inputs after the 7 constants are ``*sources, *targets``; concatenating inside forward keeps
-    the autograd graph to this one node.
+    Arguments are one ``plan`` tuple (everything that is not a tensor, so argument parsing
+    stays cheap) then ``*sources, *targets``; concatenating inside forward keeps the autograd
+    graph to this one node.
     """
 
     @staticmethod
-    def forward(ctx, n, factors, relative, weights, const, backend, out_dtype, *tensors):
+    def forward(ctx, plan, *tensors):
+        n, factors, relative, weights, const, backend, out_dtype = plan
         layers = len(tensors) // 2
-        needs = ctx.needs_input_grad[7:]
-        need_grad = any(needs)
-        zs = [torch.cat([s, t]) for s, t in zip(tensors[:layers], tensors[layers:])]
+        zs = [torch.cat((s, t)) for s, t in zip(tensors[:layers], tensors[layers:])]
         value, grads = _sweep(
-            zs, n, factors, relative, weights, const, need_grad, backend, out_dtype
+            zs, n, factors, relative, weights, const, any(ctx.needs_input_grad), backend,
+            out_dtype,
         )
         ctx.n = n
         ctx.save_for_backward(*grads)
@@ -66,14 +67,18 @@ class _FusedMMDFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         grads = ctx.saved_tensors
-        needs = ctx.needs_input_grad[7:]
+        needs = ctx.needs_input_grad
         if not grads:
-            return (None,) * len(ctx.needs_input_grad)
-        n = ctx.n
-        scaled = [grad_out.to(g.dtype) * g for g in grads]
-        src = [g[:n] if need else None for g, need in zip(scaled, needs)]
-        tgt = [g[n:] if need else None for g, need in zip(scaled, needs[len(grads):])]
-        return (None,) * 7 + tuple(src) + tuple(tgt)
+            return (None,) * len(needs)
+        n, layers = ctx.n, len(grads)
+        src, tgt = [None] * layers, [None] * layers
+        for l, g in enumerate(grads):
+            scaled = g * grad_out.to(g.dtype)
+            if needs[1 + l]:
+                src[l] = scaled[:n]
+            if needs[1 + layers + l]:
+                tgt[l] = scaled[n:]
+        return (None, *src, *tgt)
 
 
 def _split(flat: Sequence[float], counts: Sequence[int]) -> list[list[float]]:
@@ -152,11 +157,8 @@ def fused_mmd(
             zs, n, flat, counts, list(relative), list(weights), const, need_grad, backend
         )
         return out[0].to(out_dtype)
-    factors = tuple(tuple(fs) for fs in factors)
-    return _FusedMMDFunction.apply(
-        n, factors, tuple(relative), tuple(weights), const, backend, out_dtype,
-        *sources, *targets,
-    )
+    plan = (n, factors, relative, weights, const, backend, out_dtype)
+    return _FusedMMDFunction.apply(plan, *sources, *targets)
 
 
 def linear_mmd(
