@@ -39,7 +39,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(directory: Path, epoch: int, payload: dict[str, Any]) -> Path:
-    """Writes ``directory/epoch_XXX.pt`` atomically (temp file + rename) and returns its path.
+    """Writes ``directory/epoch_NNN.pt`` atomically (temp file + rename) and returns its path.
 
     A ``kill -9`` during the write leaves at worst a stray temp file, never a truncated
     checkpoint that :func:`latest_checkpoint` would pick.

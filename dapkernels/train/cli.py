@@ -46,7 +46,7 @@ the same loss trajectory, and the median step time shows what the fused kernels 
 
 Output (--out, default runs/METHOD-IMPL-DATASET-sSEED): metrics.json / metrics.csv per epoch
 (losses, source and target accuracy, MMD and CORAL between the evaluation features, median
-step time), steps.csv (per-step losses and times), curves.png, checkpoints/epoch_XXX.pt.
+step time), steps.csv (per-step losses and times), curves.png, checkpoints/epoch_NNN.pt.
 --resume continues from the latest checkpoint to the same result as an uninterrupted run.
 """
 

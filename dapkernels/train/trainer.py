@@ -52,7 +52,7 @@ class Trainer:
     Args:
         config: the run's :class:`TrainConfig` (``None`` fields get the recipe defaults).
         out: output directory for ``metrics.json``, ``metrics.csv``, ``steps.csv``,
-            ``curves.png`` and ``checkpoints/epoch_XXX.pt``; ``None`` keeps everything in
+            ``curves.png`` and ``checkpoints/epoch_NNN.pt``; ``None`` keeps everything in
             memory.
         data: a :class:`DomainData` to train on instead of loading ``config.dataset``.
         backbone: your own feature extractor (an ``nn.Module`` with ``out_features``) instead
