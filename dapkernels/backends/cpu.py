@@ -11,6 +11,9 @@ tile GEMMs to torch's BLAS from a Python loop instead (one fused C++ epilogue pe
 measured slower at every size on the 2-core development machine (1.1–1.5× the GEMM floor at
 N = 16384, d = 256, against 0.6× for the single call), so only the single call is kept.
 Extra memory: the centred copy (N × d) and one N × d accumulator per extra thread.
+
+The CORAL functions live in :mod:`dapkernels.backends.cpu_coral` and are re-exported here, so
+this module is the whole CPU backend.
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ from collections.abc import Sequence
 import torch
 
 from .. import _C
+from .cpu_coral import coral_sweep, coral_sweep_float
+
+__all__ = ["mmd_sweep", "coral_sweep", "coral_sweep_float"]
 
 #: Tile edge of the sweep: 32 keeps small batches in few, cheap tiles; 128 amortises the
 #: micro-kernel's accumulator traffic at large N (multiples of 32 only).

@@ -18,10 +18,6 @@ from ..backends import reference
 
 
 def _module(backend: str) -> ModuleType:
-    if backend == "cpu":
-        from ..backends import cpu_coral
-
-        return cpu_coral
     mod = backends.get(backend)
     # A device backend without a CORAL kernel runs the torch formula on its own device.
     return mod if hasattr(mod, "coral_sweep") else reference
