@@ -54,11 +54,11 @@ def main() -> None:
     torch.manual_seed(0)
     s = torch.randn(32, 256, requires_grad=True)
     t = torch.randn(32, 256, requires_grad=True)
-    z = torch.cat([s, t]).detach()
+    sd, td = s.detach(), t.detach()
     factors = [tuple(2.0**i for i in range(-3, 2))]
 
     def backend():
-        tmmd.mmd_sweep([z], 32, factors, [True], (1 / 32**2, -1 / 32**2, 1 / 32**2), True)
+        tmmd.mmd_sweep([sd], [td], factors, [True], (1 / 32**2, -1 / 32**2, 1 / 32**2), True)
 
     def op():
         s.grad = t.grad = None

@@ -70,10 +70,13 @@ struct Kernels {
   void (*sweep_direct)(const Context<T>&, const T* const*, const std::int64_t*,
                        const std::int64_t*, std::int64_t, bool, T* const*, const std::int64_t*,
                        double*);
+  void (*column_sums)(std::int64_t, std::int64_t, const T*, std::int64_t, double*);
+  double (*center_rows)(std::int64_t, std::int64_t, const T*, std::int64_t, const double*, T*,
+                        std::int64_t, T*);
 };
 
 #define DK_KERNELS(ns, T) \
-  Kernels<T> { &ns::sweep_direct<T> }
+  Kernels<T> { &ns::sweep_direct<T>, &ns::column_sums<T>, &ns::center_rows<T> }
 
 enum class Isa { base, avx2, avx512 };
 
@@ -146,60 +149,34 @@ std::vector<Step<T>> make_plan(const std::vector<double>& factors, bool relative
   return steps;
 }
 
-// Centres one layer: c = z − mean (row stride ldc, columns d … ldc−1 zeroed), norms = ‖c_i‖²
-// from the rounded c, and returns the mean pairwise squared distance 2/N Σ_i ‖c_i‖² (1.0 when
-// it is 0).  Non-finite input is reported with its first offending row.
+// Centres one layer whose rows are the source block s (n rows) then the target block t:
+// c = z − mean (row stride ldc, columns d … ldc−1 zeroed), norms = ‖c_i‖² from the rounded c,
+// and returns the mean pairwise squared distance 2/N Σ_i ‖c_i‖² (1.0 when it is 0).
+// Non-finite input is reported with its first offending row.
 template <typename T>
-double center(const Matrix& z, std::int64_t n, int layer, T* c, std::int64_t ldc, T* norms) {
-  const std::int64_t N = z.rows, d = z.cols, ldz = z.row_stride;
-  const T* zp = z.data<T>();
+double center(const Matrix& s, const Matrix& t, int layer, T* c, std::int64_t ldc, T* norms) {
+  const std::int64_t n = s.rows, N = s.rows + t.rows, d = s.cols;
+  const Kernels<T> k = kernels<T>();
   std::vector<double> mu(static_cast<std::size_t>(d), 0.0);
-  {
-    py::gil_scoped_release release;
-#pragma omp parallel if (N * d > (1 << 18))
-    {
-      std::vector<double> part(static_cast<std::size_t>(d), 0.0);
-#pragma omp for schedule(static) nowait
-      for (std::int64_t i = 0; i < N; ++i)
-        for (std::int64_t k = 0; k < d; ++k) part[k] += static_cast<double>(zp[i * ldz + k]);
-#pragma omp critical(dk_mmd_center)
-      for (std::int64_t k = 0; k < d; ++k) mu[k] += part[k];
-    }
-  }
+  k.column_sums(n, d, s.data<T>(), s.row_stride, mu.data());
+  k.column_sums(t.rows, d, t.data<T>(), t.row_stride, mu.data());
   bool finite = true;
-  for (std::int64_t k = 0; k < d; ++k) finite = finite && std::isfinite(mu[k]);
+  for (std::int64_t j = 0; j < d; ++j) finite = finite && std::isfinite(mu[j]);
   if (!finite) {  // a NaN/Inf makes its column sum non-finite: find the row to report
-    for (std::int64_t i = 0; i < N; ++i)
-      for (std::int64_t k = 0; k < d; ++k)
-        if (!std::isfinite(static_cast<double>(zp[i * ldz + k]))) {
-          const bool src = i < n;
-          throw py::value_error("features (layer " + std::to_string(layer) +
-                                ") contain non-finite values (NaN or Inf): " +
-                                (src ? "source" : "target") + " row " +
-                                std::to_string(src ? i : i - n));
-        }
+    for (const Matrix* m : {&s, &t})
+      for (std::int64_t i = 0; i < m->rows; ++i)
+        for (std::int64_t j = 0; j < d; ++j)
+          if (!std::isfinite(static_cast<double>(m->data<T>()[i * m->row_stride + j])))
+            throw py::value_error("features (layer " + std::to_string(layer) +
+                                  ") contain non-finite values (NaN or Inf): " +
+                                  (m == &s ? "source" : "target") + " row " + std::to_string(i));
     throw py::value_error("features (layer " + std::to_string(layer) +
                           ") are too large: their sum overflows float64");
   }
-  for (std::int64_t k = 0; k < d; ++k) mu[k] /= static_cast<double>(N);
-  double total = 0.0;
-  {
-    py::gil_scoped_release release;
-#pragma omp parallel for schedule(static) reduction(+ : total) if (N * d > (1 << 18))
-    for (std::int64_t i = 0; i < N; ++i) {
-      const T* zi = zp + i * ldz;
-      T* ci = c + i * ldc;
-      double s = 0.0;
-      for (std::int64_t k = 0; k < d; ++k) {
-        const T v = static_cast<T>(static_cast<double>(zi[k]) - mu[k]);
-        ci[k] = v;
-        s += static_cast<double>(v) * static_cast<double>(v);
-      }
-      for (std::int64_t k = d; k < ldc; ++k) ci[k] = T(0);
-      norms[i] = static_cast<T>(s);
-      total += s;
-    }
-  }
+  for (std::int64_t j = 0; j < d; ++j) mu[j] /= static_cast<double>(N);
+  const double total =
+      k.center_rows(n, d, s.data<T>(), s.row_stride, mu.data(), c, ldc, norms) +
+      k.center_rows(t.rows, d, t.data<T>(), t.row_stride, mu.data(), c + n * ldc, ldc, norms + n);
   const double md = 2.0 * total / static_cast<double>(N);
   if (!std::isfinite(md) || !std::isfinite(static_cast<T>(md)))
     throw py::value_error("features (layer " + std::to_string(layer) +
@@ -208,44 +185,47 @@ double center(const Matrix& z, std::int64_t n, int layer, T* c, std::int64_t ldc
 }
 
 struct Args {
-  std::vector<Matrix> z;
+  std::vector<Matrix> s, t;  // per layer: source block (n × d_l), target block (m × d_l)
   std::int64_t N = 0, n = 0;
   DType dtype = DType::f32;
 };
 
-// Validates the per-layer input descriptors and the sweep parameters.
-Args parse_inputs(const std::vector<std::uintptr_t>& ptrs, const std::vector<std::int64_t>& rows,
+// Validates the per-layer source and target descriptors and the sweep parameters.
+Args parse_inputs(const std::vector<std::uintptr_t>& source_ptrs,
+                  const std::vector<std::uintptr_t>& target_ptrs, std::int64_t n, std::int64_t m,
                   const std::vector<std::int64_t>& cols,
-                  const std::vector<std::int64_t>& row_strides,
-                  const std::vector<std::int64_t>& col_strides, const std::string& dtype,
-                  std::int64_t n, const std::vector<std::vector<double>>& factors,
+                  const std::vector<std::int64_t>& source_row_strides,
+                  const std::vector<std::int64_t>& source_col_strides,
+                  const std::vector<std::int64_t>& target_row_strides,
+                  const std::vector<std::int64_t>& target_col_strides, const std::string& dtype,
+                  const std::vector<std::vector<double>>& factors,
                   const std::vector<bool>& relative, const std::vector<double>& weights) {
-  const std::size_t L = ptrs.size();
+  const std::size_t L = source_ptrs.size();
   if (L == 0 || L > static_cast<std::size_t>(kMaxLayers))
-    throw py::value_error("zs: expected 1 to " + std::to_string(kMaxLayers) + " layers, got " +
-                          std::to_string(L));
-  if (rows.size() != L || cols.size() != L || row_strides.size() != L ||
-      col_strides.size() != L || factors.size() != L || relative.size() != L)
-    throw py::value_error("zs: per-layer argument lists differ in length");
+    throw py::value_error("sources: expected 1 to " + std::to_string(kMaxLayers) +
+                          " layers, got " + std::to_string(L));
+  if (target_ptrs.size() != L || cols.size() != L || source_row_strides.size() != L ||
+      source_col_strides.size() != L || target_row_strides.size() != L ||
+      target_col_strides.size() != L || factors.size() != L || relative.size() != L)
+    throw py::value_error("sources: per-layer argument lists differ in length");
   if (weights.size() != 3) throw py::value_error("weights: expected (w_ss, w_st, w_tt)");
+  if (n < 0 || m < 0) throw py::value_error("n, m: negative batch size");
+  if (n + m < 1) throw py::value_error("sources: empty batch");
   Args a;
   for (std::size_t l = 0; l < L; ++l) {
-    a.z.push_back(make_matrix(ptrs[l], rows[l], cols[l], row_strides[l], col_strides[l], dtype,
-                              "zs"));
+    if (cols[l] < 1) throw py::value_error("cols: a layer has no features");
+    a.s.push_back(make_matrix(source_ptrs[l], n, cols[l], source_row_strides[l],
+                              source_col_strides[l], dtype, "sources"));
+    a.t.push_back(make_matrix(target_ptrs[l], m, cols[l], target_row_strides[l],
+                              target_col_strides[l], dtype, "targets"));
     if (factors[l].empty()) throw py::value_error("factors: empty bank");
     for (double f : factors[l])
       if (!(f > 0.0) || !std::isfinite(f))
         throw py::value_error("factors: bandwidths must be finite and positive");
   }
-  a.N = a.z[0].rows;
-  a.dtype = a.z[0].dtype;
-  for (const Matrix& m : a.z) {
-    if (m.rows != a.N) throw py::value_error("zs: layers differ in the number of rows");
-    if (m.cols < 1) throw py::value_error("zs: a layer has no features");
-  }
-  if (a.N < 1) throw py::value_error("zs: empty batch");
-  if (n < 0 || n > a.N) throw py::value_error("n: source rows out of range");
+  a.N = n + m;
   a.n = n;
+  a.dtype = a.s[0].dtype;
   for (double w : weights)
     if (!std::isfinite(w)) throw py::value_error("weights: must be finite");
   return a;
@@ -256,7 +236,7 @@ Context<T> make_context(const Args& a, const std::vector<double>& weights,
                         const std::vector<const T*>& norms,
                         const std::vector<std::vector<Step<T>>>& plans) {
   Context<T> cx;
-  cx.layers = static_cast<int>(a.z.size());
+  cx.layers = static_cast<int>(a.s.size());
   cx.N = a.N;
   cx.n = a.n;
   for (int l = 0; l < cx.layers; ++l) {
@@ -274,57 +254,64 @@ template <typename T>
 py::tuple sweep_direct_typed(const Args& a, const std::vector<std::vector<double>>& factors,
                              const std::vector<bool>& relative, const std::vector<double>& weights,
                              const std::vector<Matrix>& grads, std::int64_t tile) {
-  const int L = static_cast<int>(a.z.size());
+  const int L = static_cast<int>(a.s.size());
   const std::int64_t N = a.N;
+  double sums[3] = {0.0, 0.0, 0.0};
+  {
+  // Nothing below touches Python objects; exceptions are translated after the GIL is back.
+  py::gil_scoped_release release;
   constexpr std::int64_t pad = 32;  // ≥ 2·lanes of every instruction set, for both dtypes
-  std::vector<std::vector<T>> c(L), nrm(L);
+  std::vector<std::unique_ptr<T[]>> c(L), nrm(L);  // written in full by center()
   std::vector<std::vector<Step<T>>> plans(L);
   std::vector<const T*> cp(L), np(L);
   std::vector<std::int64_t> ldc(L), dims(L), ldg(L);
   std::vector<T*> gp(L);
   for (int l = 0; l < L; ++l) {
-    const std::int64_t d = a.z[l].cols;
+    const std::int64_t d = a.s[l].cols;
     dims[l] = d;
-    ldc[l] = (d + pad - 1) / pad * pad;
-    c[l].resize(static_cast<std::size_t>(N * ldc[l]));
-    nrm[l].resize(static_cast<std::size_t>(N));
-    const double md = center<T>(a.z[l], a.n, l, c[l].data(), ldc[l], nrm[l].data());
+    // Rounded up for whole SIMD panels, plus 16 elements so that rows one page apart (d = 1024,
+    // 2048, …) do not all map to the same L1 sets when a tile reads one column of 32 rows.
+    ldc[l] = (d + pad - 1) / pad * pad + 16;
+    c[l].reset(new T[static_cast<std::size_t>(N * ldc[l])]);
+    nrm[l].reset(new T[static_cast<std::size_t>(N)]);
+    const double md = center<T>(a.s[l], a.t[l], l, c[l].get(), ldc[l], nrm[l].get());
     plans[l] = make_plan<T>(factors[l], relative[l], md);
-    cp[l] = c[l].data();
-    np[l] = nrm[l].data();
+    cp[l] = c[l].get();
+    np[l] = nrm[l].get();
     if (!grads.empty()) {
       gp[l] = grads[l].data<T>();
       ldg[l] = grads[l].row_stride;
     }
   }
   const Context<T> cx = make_context<T>(a, weights, np, plans);
-  double sums[3] = {0.0, 0.0, 0.0};
-  {
-    py::gil_scoped_release release;
-    kernels<T>().sweep_direct(cx, cp.data(), ldc.data(), dims.data(), tile, !grads.empty(),
-                              gp.data(), ldg.data(), sums);
+  kernels<T>().sweep_direct(cx, cp.data(), ldc.data(), dims.data(), tile, !grads.empty(),
+                            gp.data(), ldg.data(), sums);
   }
   return sums_tuple(sums);
 }
 
-py::tuple mmd_sweep(const std::vector<std::uintptr_t>& ptrs,
-                    const std::vector<std::int64_t>& rows, const std::vector<std::int64_t>& cols,
-                    const std::vector<std::int64_t>& row_strides,
-                    const std::vector<std::int64_t>& col_strides, const std::string& dtype,
-                    std::int64_t n, const std::vector<std::vector<double>>& factors,
+py::tuple mmd_sweep(const std::vector<std::uintptr_t>& source_ptrs,
+                    const std::vector<std::uintptr_t>& target_ptrs, std::int64_t n, std::int64_t m,
+                    const std::vector<std::int64_t>& cols,
+                    const std::vector<std::int64_t>& source_row_strides,
+                    const std::vector<std::int64_t>& source_col_strides,
+                    const std::vector<std::int64_t>& target_row_strides,
+                    const std::vector<std::int64_t>& target_col_strides, const std::string& dtype,
+                    const std::vector<std::vector<double>>& factors,
                     const std::vector<bool>& relative, const std::vector<double>& weights,
                     const std::vector<std::uintptr_t>& grad_ptrs,
                     const std::vector<std::int64_t>& grad_row_strides, std::int64_t tile) {
   if (tile < 32 || tile > 1024 || tile % 32 != 0)
     throw py::value_error("tile: must be a multiple of 32 in [32, 1024]");
-  const Args a =
-      parse_inputs(ptrs, rows, cols, row_strides, col_strides, dtype, n, factors, relative, weights);
+  const Args a = parse_inputs(source_ptrs, target_ptrs, n, m, cols, source_row_strides,
+                              source_col_strides, target_row_strides, target_col_strides, dtype,
+                              factors, relative, weights);
   std::vector<Matrix> grads;
   if (!grad_ptrs.empty()) {
-    if (grad_ptrs.size() != a.z.size() || grad_row_strides.size() != a.z.size())
+    if (grad_ptrs.size() != a.s.size() || grad_row_strides.size() != a.s.size())
       throw py::value_error("grads: expected one output per layer");
-    for (std::size_t l = 0; l < a.z.size(); ++l) {
-      grads.push_back(make_matrix(grad_ptrs[l], a.N, a.z[l].cols, grad_row_strides[l], 1, dtype,
+    for (std::size_t l = 0; l < a.s.size(); ++l) {
+      grads.push_back(make_matrix(grad_ptrs[l], a.N, a.s[l].cols, grad_row_strides[l], 1, dtype,
                                   "grads"));
     }
   }
@@ -338,11 +325,15 @@ py::tuple mmd_sweep(const std::vector<std::uintptr_t>& ptrs,
 
 void register_mmd(pybind11::module_& m) {
   namespace py = pybind11;
-  m.def("mmd_sweep", &dk::mmd::mmd_sweep, py::arg("ptrs"), py::arg("rows"), py::arg("cols"),
-        py::arg("row_strides"), py::arg("col_strides"), py::arg("dtype"), py::arg("n"),
-        py::arg("factors"), py::arg("relative"), py::arg("weights"), py::arg("grad_ptrs"),
-        py::arg("grad_row_strides"), py::arg("tile") = 32,
-        "Whole fused MMD sweep in C++ (tiles of `tile` rows): returns (S_ss, S_st, S_tt) and, when grad_ptrs is "
-        "non-empty, writes dL/dz_l (L = w_ss S_ss + 2 w_st S_st + w_tt S_tt) into them.");
+  m.def("mmd_sweep", &dk::mmd::mmd_sweep, py::arg("source_ptrs"), py::arg("target_ptrs"),
+        py::arg("n"), py::arg("m"), py::arg("cols"), py::arg("source_row_strides"),
+        py::arg("source_col_strides"), py::arg("target_row_strides"),
+        py::arg("target_col_strides"), py::arg("dtype"), py::arg("factors"), py::arg("relative"),
+        py::arg("weights"), py::arg("grad_ptrs"), py::arg("grad_row_strides"),
+        py::arg("tile") = 32,
+        "Whole fused MMD sweep in C++ (tiles of `tile` rows) over the rows of the source blocks "
+        "(n × d_l) then the target blocks (m × d_l): returns (S_ss, S_st, S_tt) and, when "
+        "grad_ptrs is non-empty, writes dL/dz_l ((n + m) × d_l, L = w_ss S_ss + 2 w_st S_st + "
+        "w_tt S_tt) into them.");
   m.attr("mmd_isa") = dk::mmd::isa_name();
 }

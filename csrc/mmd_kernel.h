@@ -210,6 +210,74 @@ void epilogue_rows_any(const Context<T>& cx, T* const* G, std::int64_t ldg, std:
   }
 }
 
+// bt[k·B + (j − j0)] = c[j·ldc + k] for rows j0 ≤ j < j1 (zero for the rows up to j0 + B beyond
+// j1): the column block c_J transposed, so that a Gram tile is a plain A·B product.  W×W blocks
+// are transposed in registers (a scalar gather of one column at a time cost about two thirds
+// of the Gram product itself at d = 256).  Reads c up to column round_up(d, W) − 1 and writes
+// bt rows up to round_up(d, W) − 1: both buffers are padded that far.  B is a multiple of W.
+template <typename T>
+void pack_transposed(const T* c, std::int64_t ldc, std::int64_t d, std::int64_t j0,
+                     std::int64_t j1, std::int64_t B, T* bt) {
+  typedef vec_t<T> V;
+  constexpr int W = kLanes<T>;
+  for (std::int64_t jb = 0; jb < B; jb += W) {
+    for (std::int64_t k = 0; k < d; k += W) {
+      V r[W];
+#pragma GCC unroll 16
+      for (int q = 0; q < W; ++q) {
+        const std::int64_t j = j0 + jb + q;
+        r[q] = j < j1 ? vload(c + j * ldc + k) : V{};
+      }
+      transpose_block<T>(r);
+#pragma GCC unroll 16
+      for (int q = 0; q < W; ++q) vstore(bt + (k + q) * B + jb, r[q]);
+    }
+  }
+}
+
+// mu[k] += Σ_i z[i, k] in float64 (z: N × d, row stride ldz).  Vectorised with this copy's ISA:
+// the centring pass costs about as much as a small batch's Gram tiles when left scalar.
+template <typename T>
+void column_sums(std::int64_t N, std::int64_t d, const T* z, std::int64_t ldz, double* mu) {
+#pragma omp parallel if (N * d > (1 << 18))
+  {
+    std::vector<double> part(static_cast<std::size_t>(d), 0.0);
+    double* pp = part.data();
+#pragma omp for schedule(static) nowait
+    for (std::int64_t i = 0; i < N; ++i) {
+      const T* zi = z + i * ldz;
+#pragma omp simd
+      for (std::int64_t k = 0; k < d; ++k) pp[k] += static_cast<double>(zi[k]);
+    }
+#pragma omp critical(dk_mmd_column_sums)
+    for (std::int64_t k = 0; k < d; ++k) mu[k] += pp[k];
+  }
+}
+
+// c[i, :] = z[i, :] − mu rounded to T (columns d … ldc−1 set to 0) and norms[i] = ‖c_i‖² of the
+// rounded row, summed in float64; returns Σ_i norms[i].
+template <typename T>
+double center_rows(std::int64_t N, std::int64_t d, const T* z, std::int64_t ldz, const double* mu,
+                   T* c, std::int64_t ldc, T* norms) {
+  double total = 0.0;
+#pragma omp parallel for schedule(static) reduction(+ : total) if (N * d > (1 << 18))
+  for (std::int64_t i = 0; i < N; ++i) {
+    const T* zi = z + i * ldz;
+    T* ci = c + i * ldc;
+    double s = 0.0;
+#pragma omp simd reduction(+ : s)
+    for (std::int64_t k = 0; k < d; ++k) {
+      const T v = static_cast<T>(static_cast<double>(zi[k]) - mu[k]);
+      ci[k] = v;
+      s += static_cast<double>(v) * static_cast<double>(v);
+    }
+    for (std::int64_t k = d; k < ldc; ++k) ci[k] = T(0);
+    norms[i] = static_cast<T>(s);
+    total += s;
+  }
+  return total;
+}
+
 // grad[i, :] = 4 (rowsum[i] · c[i, :] − acc[i, :]), written to grad (row stride ldgr); acc may
 // alias grad.
 template <typename T>
@@ -245,7 +313,7 @@ void sweep_direct(const Context<T>& cx, const T* const* c, const std::int64_t* l
     dmax = std::max(dmax, ldc[l]);
   }
   // Threads pay off once the sweep is a few hundred microseconds of work.
-  const bool parallel = ntiles > 1 && N * N * dsum > (std::int64_t(1) << 19);
+  const bool parallel = ntiles > 1 && N * N * dsum > (std::int64_t(1) << 19) && !std::getenv("DK_SERIAL");
   const int nt = parallel ? omp_get_max_threads() : 1;
   std::vector<std::vector<T>> accs(static_cast<std::size_t>(nt) * L);
   std::vector<std::vector<double>> rows(static_cast<std::size_t>(nt) * L);
@@ -256,8 +324,10 @@ void sweep_direct(const Context<T>& cx, const T* const* c, const std::int64_t* l
 #pragma omp parallel num_threads(nt) if (parallel)
   {
     const int t = omp_get_thread_num();
-    std::vector<T> gbuf(static_cast<std::size_t>(L * B * B));
-    std::vector<T> packed(static_cast<std::size_t>(dmax * B));
+    // Fully written before being read: left uninitialised (zeroing costs a visible share of a
+    // small batch's sweep).
+    std::unique_ptr<T[]> gbuf(new T[static_cast<std::size_t>(L * B * B)]);
+    std::unique_ptr<T[]> packed(new T[static_cast<std::size_t>(dmax * B)]);
     std::vector<T> colbuf(static_cast<std::size_t>(L * (B + kLanes<T>)));
     std::unique_ptr<Scratch<T>> sc(new Scratch<T>);
     T* G[kMaxLayers] = {};
@@ -266,7 +336,7 @@ void sweep_direct(const Context<T>& cx, const T* const* c, const std::int64_t* l
     T* acc[kMaxLayers] = {};
     std::int64_t lda[kMaxLayers] = {};
     for (int l = 0; l < L; ++l) {
-      G[l] = gbuf.data() + l * B * B;
+      G[l] = gbuf.get() + l * B * B;
       colsum[l] = colbuf.data() + l * (B + kLanes<T>);
       if (!need_grad) continue;
       rows[t * L + l].assign(static_cast<std::size_t>(N), 0.0);
@@ -289,13 +359,9 @@ void sweep_direct(const Context<T>& cx, const T* const* c, const std::int64_t* l
       const std::int64_t i1 = std::min(i0 + B, N), j1 = std::min(j0 + B, N);
       const bool diag = I == J;
       for (int l = 0; l < L; ++l) {
-        // Pack c_J transposed (d × B, zero beyond j1) so the Gram tile is a plain A·B product.
         const std::int64_t d = dims[l];
-        T* bt = packed.data();
-        for (std::int64_t k = 0; k < d; ++k) {
-          for (std::int64_t j = j0; j < j1; ++j) bt[k * B + (j - j0)] = c[l][j * ldc[l] + k];
-          for (std::int64_t j = j1 - j0; j < B; ++j) bt[k * B + j] = T(0);
-        }
+        T* bt = packed.get();
+        pack_transposed<T>(c[l], ldc[l], d, j0, j1, B, bt);
         gemm<T, false>(i1 - i0, d, B, c[l] + i0 * ldc[l], ldc[l], 1, bt, B, G[l], B);
       }
       if (need_grad)

@@ -47,6 +47,33 @@ template <typename T> DK_INLINE double hsum(vec_t<T> v) {
   return s;
 }
 
+// Stage b of transpose_block: swaps the off-diagonal b×b sub-blocks of every 2b×2b block
+// with two-source shuffles (one permute instruction each on AVX-512), then the next stage.
+// Everything is unrolled so that the block stays in registers and the masks are constants.
+template <typename T, int b> DK_INLINE void transpose_stage(vec_t<T>* r) {
+  constexpr int W = kLanes<T>;
+  ivec_t<T> lo, hi;
+#pragma GCC unroll 16
+  for (int l = 0; l < W; ++l) {
+    lo[l] = (l & b) ? W + l - b : l;
+    hi[l] = (l & b) ? W + l : l + b;
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < W; ++i) {
+    if (i & b) continue;
+    const vec_t<T> x = r[i], y = r[i + b];
+    r[i] = __builtin_shuffle(x, y, lo);
+    r[i + b] = __builtin_shuffle(x, y, hi);
+  }
+  if constexpr (b > 1) transpose_stage<T, b / 2>(r);
+}
+
+// Transposes the W×W block held in r[0 … W−1] in place: afterwards r[q] holds what was
+// column q (log2(W) butterfly stages).
+template <typename T> DK_INLINE void transpose_block(vec_t<T>* r) {
+  transpose_stage<T, kLanes<T> / 2>(r);
+}
+
 // 1 in the first `count` lanes, 0 elsewhere.
 template <typename T> DK_INLINE vec_t<T> lane_mask(int count) {
   vec_t<T> m{};

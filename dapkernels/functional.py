@@ -6,6 +6,7 @@ Shapes: features are (batch, features…) tensors, flattened to (batch, d).  ``n
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -112,18 +113,33 @@ def jmmd(
     return _joint_mmd(srcs, tgts, kernels, estimator, backend)
 
 
-def _joint_mmd(srcs, tgts, kernels, estimator, backend) -> torch.Tensor:
-    """Estimator on validated (batch, d_l) layers: the linear one in torch, the others fused."""
-    n, m = srcs[0].shape[0], tgts[0].shape[0]
+@functools.lru_cache(maxsize=256)
+def _fused_plan(kernels: tuple, estimator: str, n: int, m: int) -> tuple:
+    """``(factors, relative, weights, const)`` of a quadratic estimator, validated once.
+
+    Cached on the (hashable, frozen) kernel banks, the estimator and the batch sizes: a
+    training loop asks for the same plan every step, and building it costs a noticeable share
+    of a small batch's whole forward + backward.
+    """
     _check_estimator(estimator, n, m)
-    factors = [k.sigma2_factors for k in kernels]
-    relative = [k.relative for k in kernels]
-    if estimator == "linear":
-        return linear_mmd(srcs, tgts, factors, relative)
     k0 = 1.0
     for k in kernels:
         k0 *= k.num_kernels
     weights, const = _estimator_weights(estimator, n, m, k0)
+    factors = tuple(k.sigma2_factors for k in kernels)
+    relative = tuple(k.relative for k in kernels)
+    return factors, relative, weights, const
+
+
+def _joint_mmd(srcs, tgts, kernels, estimator, backend) -> torch.Tensor:
+    """Estimator on validated (batch, d_l) layers: the linear one in torch, the others fused."""
+    n, m = srcs[0].shape[0], tgts[0].shape[0]
+    if estimator == "linear" or estimator not in ESTIMATORS:
+        _check_estimator(estimator, n, m)
+        factors = [k.sigma2_factors for k in kernels]
+        relative = [k.relative for k in kernels]
+        return linear_mmd(srcs, tgts, factors, relative)
+    factors, relative, weights, const = _fused_plan(tuple(kernels), estimator, n, m)
     name = backends.resolve(backend, srcs[0].device)
     out_dtype = _out_dtype(srcs[0].dtype)
     return fused_mmd(srcs, tgts, factors, relative, weights, const, name, out_dtype)

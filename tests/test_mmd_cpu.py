@@ -40,9 +40,16 @@ def _weights(estimator: str, n: int, m: int) -> tuple:
     return (1.0 / (n * (n - 1)), -1.0 / (n * m), 1.0 / (m * (m - 1)))
 
 
+def _split(zs, n):
+    """Per-layer (source, target) blocks of concatenated (N, d_l) layers."""
+    return [z[:n] for z in zs], [z[n:] for z in zs]
+
+
 def _errors(zs, n, factors, relative, weights):
-    sums, grads = cpu.mmd_sweep(zs, n, factors, relative, weights, True)
-    sums0, grads0 = ref.mmd_sweep(zs, n, factors, relative, weights, True)
+    sums, grads = cpu.mmd_sweep(*_split(zs, n), factors, relative, weights, True)
+    sums0, grads0 = ref.mmd_sweep(*_split(zs, n), factors, relative, weights, True)
+    assert isinstance(sums, tuple) and len(sums) == 3
+    sums = torch.tensor(sums, dtype=torch.float64)
     coef = torch.tensor([weights[0], 2.0 * weights[1], weights[2]], dtype=torch.float64)
     scale = float((coef * sums0).abs().sum())
     loss_err = abs(float((coef * (sums - sums0)).sum())) / scale
@@ -150,9 +157,9 @@ def test_identical_rows_are_finite(request, path, dtype):
     z = torch.full((100, 7), 3.25, dtype=dtype)
     n = 40
     w = _weights("unbiased", n, 60)
-    sums, grads = cpu.mmd_sweep([z], n, [ALPHAS], [True], w, True)
+    sums, grads = cpu.mmd_sweep([z[:n]], [z[n:]], [ALPHAS], [True], w, True)
     q = len(ALPHAS)  # every distance is 0: every kernel value is exactly 1
-    assert sums.tolist() == pytest.approx([q * n * n, q * n * 60, q * 60 * 60], rel=1e-6)
+    assert list(sums) == pytest.approx([q * n * n, q * n * 60, q * 60 * 60], rel=1e-6)
     assert torch.equal(grads[0], torch.zeros_like(z))
     value = dk.mmd(z[:n], z[n:], backend="cpu")
     assert torch.isfinite(value) and abs(float(value)) < 1e-4
@@ -175,13 +182,15 @@ def test_no_grad_and_non_contiguous(request, path):
         request.getfixturevalue("tiled")
     gen = torch.Generator().manual_seed(4)
     base = torch.randn(30, 200, generator=gen, dtype=torch.float64)
-    z = base.t()[:, ::2]  # (200, 15), column stride 30: copied to contiguous rows
+    z = base.t()[:, ::2]  # (200, 15), column stride 400: copied to contiguous rows
     zr = torch.randn(200, 30, generator=gen, dtype=torch.float64)[:, :3]  # row stride 30, in place
     w = _weights("biased", 90, 110)
-    sums, grads = cpu.mmd_sweep([z, zr], 90, [ALPHAS, ALPHAS], [True, True], w, False)
+    assert z[:90].stride(1) != 1 and zr[90:].stride(0) == 30
+    sums, grads = cpu.mmd_sweep(*_split([z, zr], 90), [ALPHAS, ALPHAS], [True, True], w, False)
     assert grads == []
-    sums0, _ = ref.mmd_sweep([z, zr], 90, [ALPHAS, ALPHAS], [True, True], w, False)
-    torch.testing.assert_close(sums, sums0, rtol=1e-12, atol=0)
+    sums0, _ = ref.mmd_sweep(*_split([z, zr], 90), [ALPHAS, ALPHAS], [True, True], w, False)
+    torch.testing.assert_close(torch.tensor(sums, dtype=torch.float64), sums0, rtol=1e-12,
+                               atol=0)
 
 
 @pytest.mark.parametrize("path", ["default", "tiled"])
@@ -223,7 +232,7 @@ def test_non_finite_input_raises(request, path, bad):
     z = torch.randn(80, 5)
     z[57, 3] = bad
     with pytest.raises(ValueError, match=r"non-finite.*target row 17"):
-        cpu.mmd_sweep([z], 40, [ALPHAS], [True], _weights("biased", 40, 40), True)
+        cpu.mmd_sweep([z[:40]], [z[40:]], [ALPHAS], [True], _weights("biased", 40, 40), True)
     z[57, 3] = 0.0
     z[2, 0] = bad
     with pytest.raises(ValueError, match=r"non-finite.*source row 2"):
@@ -231,10 +240,12 @@ def test_non_finite_input_raises(request, path, bad):
 
 
 def _raw(**over):
-    """Arguments of _C.mmd_sweep for a valid 10 × 4 float32 input, with overrides."""
+    """Arguments of _C.mmd_sweep for valid 5 × 4 source and target float32 blocks, with
+    overrides."""
     z = torch.randn(10, 4)
-    args = dict(ptrs=[z.data_ptr()], rows=[10], cols=[4], row_strides=[4], col_strides=[1],
-                dtype="float32", n=5, factors=[ALPHAS], relative=[True],
+    args = dict(source_ptrs=[z.data_ptr()], target_ptrs=[z[5:].data_ptr()], n=5, m=5, cols=[4],
+                source_row_strides=[4], source_col_strides=[1], target_row_strides=[4],
+                target_col_strides=[1], dtype="float32", factors=[ALPHAS], relative=[True],
                 weights=[1.0, -1.0, 1.0], grad_ptrs=[], grad_row_strides=[], tile=32)
     args.update(over)
     return z, args
@@ -243,22 +254,27 @@ def _raw(**over):
 @pytest.mark.parametrize(
     "over, exc",
     [
-        (dict(rows=[-1]), ValueError),
-        (dict(cols=[-3]), ValueError),
-        (dict(col_strides=[2]), ValueError),
-        (dict(row_strides=[3]), ValueError),
-        (dict(ptrs=[0]), ValueError),
-        (dict(ptrs=[1]), ValueError),  # misaligned
-        (dict(rows=[2**62]), ValueError),  # size overflow
-        (dict(n=11), ValueError),
         (dict(n=-1), ValueError),
+        (dict(m=-1), ValueError),
+        (dict(n=0, m=0), ValueError),
+        (dict(cols=[-3]), ValueError),
         (dict(cols=[0]), ValueError),
-        (dict(rows=[0]), ValueError),
+        (dict(source_col_strides=[2]), ValueError),
+        (dict(target_col_strides=[2]), ValueError),
+        (dict(source_row_strides=[3]), ValueError),
+        (dict(target_row_strides=[3]), ValueError),
+        (dict(source_ptrs=[0]), ValueError),
+        (dict(target_ptrs=[0]), ValueError),
+        (dict(source_ptrs=[1]), ValueError),  # misaligned
+        (dict(target_ptrs=[2]), ValueError),  # misaligned
+        (dict(n=2**62), ValueError),  # size overflow
         (dict(dtype="float16"), TypeError),
         (dict(weights=[1.0, 2.0]), ValueError),
+        (dict(weights=[1.0, float("nan"), 1.0]), ValueError),
         (dict(factors=[[]]), ValueError),
         (dict(factors=[[-1.0]]), ValueError),
         (dict(relative=[True, False]), ValueError),
+        (dict(target_ptrs=[0, 0]), ValueError),
         (dict(grad_ptrs=[0], grad_row_strides=[4]), ValueError),
         (dict(grad_ptrs=[16], grad_row_strides=[2]), ValueError),
     ],
@@ -271,14 +287,12 @@ def test_raw_entry_point_validates_before_touching_memory(over, exc):
 
 def test_raw_layer_limits_and_tile_size():
     z, args = _raw()
-    nine = dict(ptrs=[z.data_ptr()] * 9, rows=[10] * 9, cols=[4] * 9, row_strides=[4] * 9,
-                col_strides=[1] * 9, factors=[ALPHAS] * 9, relative=[True] * 9)
+    nine = dict(source_ptrs=[z.data_ptr()] * 9, target_ptrs=[z.data_ptr()] * 9, cols=[4] * 9,
+                source_row_strides=[4] * 9, source_col_strides=[1] * 9,
+                target_row_strides=[4] * 9, target_col_strides=[1] * 9, factors=[ALPHAS] * 9,
+                relative=[True] * 9)
     with pytest.raises(ValueError, match="layers"):
         _C.mmd_sweep(**{**args, **nine})
-    rows2 = dict(ptrs=[z.data_ptr()] * 2, rows=[10, 9], cols=[4, 4], row_strides=[4, 4],
-                 col_strides=[1, 1], factors=[ALPHAS] * 2, relative=[True] * 2)
-    with pytest.raises(ValueError, match="rows"):
-        _C.mmd_sweep(**{**args, **rows2})
     for tile in (0, 16, 48, 2048):
         with pytest.raises(ValueError, match="tile"):
             _C.mmd_sweep(**{**args, "tile": tile})
@@ -294,8 +308,9 @@ for dtype in (torch.float32, torch.float64):
     for N, n, d in ((50, 20, 37), (300, 170, 70)):
         z = torch.randn(N, d, generator=gen, dtype=dtype)
         w = (1.0 / n**2, -1.0 / (n * (N - n)), 1.0 / (N - n) ** 2)
-        s, g = cpu.mmd_sweep([z], n, [[0.125, 0.5, 1.0, 2.0]], [True], w, True)
-        s0, g0 = ref.mmd_sweep([z], n, [[0.125, 0.5, 1.0, 2.0]], [True], w, True)
+        s, g = cpu.mmd_sweep([z[:n]], [z[n:]], [[0.125, 0.5, 1.0, 2.0]], [True], w, True)
+        s0, g0 = ref.mmd_sweep([z[:n]], [z[n:]], [[0.125, 0.5, 1.0, 2.0]], [True], w, True)
+        s = torch.tensor(s, dtype=torch.float64)
         tol = 1e-5 if dtype == torch.float32 else 1e-12
         assert ((s - s0).abs() / s0.abs()).max() < tol
         assert (g[0].double() - g0[0].double()).norm() / g0[0].double().norm() < 10 * tol

@@ -31,9 +31,12 @@ TRITON = get("triton")
 def _sweep_errors(zs, n, factors, relative, weights, need_grad, dtype=torch.float32):
     """(value error relative to the term scale, [gradient error relative to its norm])."""
     zs = [z.to(device=DEVICE, dtype=dtype) for z in zs]
-    sums, grads = TRITON.mmd_sweep(zs, n, factors, relative, weights, need_grad)
+    sums, grads = TRITON.mmd_sweep(
+        [z[:n] for z in zs], [z[n:] for z in zs], factors, relative, weights, need_grad
+    )
+    z64 = [z.cpu().double() for z in zs]
     ref_sums, ref_grads = reference.mmd_sweep(
-        [z.cpu().double() for z in zs], n, factors, relative, weights, need_grad
+        [z[:n] for z in z64], [z[n:] for z in z64], factors, relative, weights, need_grad
     )
     assert sums.device == zs[0].device and sums.dtype == torch.float64
     w = torch.tensor(weights, dtype=torch.float64) * torch.tensor([1.0, 2.0, 1.0])
@@ -93,8 +96,10 @@ def test_jmmd_layers():
 
 def test_identical_rows_use_unit_bandwidth():
     z = torch.ones(10, 4)
-    sums, grads = TRITON.mmd_sweep([z.to(DEVICE)], 4, [ALPHAS], [True], UNBIASED(4, 6), True)
-    ref_sums, _ = reference.mmd_sweep([z.double()], 4, [ALPHAS], [True], UNBIASED(4, 6), True)
+    zd, z64 = z.to(DEVICE), z.double()
+    sums, grads = TRITON.mmd_sweep([zd[:4]], [zd[4:]], [ALPHAS], [True], UNBIASED(4, 6), True)
+    ref_sums, _ = reference.mmd_sweep([z64[:4]], [z64[4:]], [ALPHAS], [True], UNBIASED(4, 6),
+                                      True)
     torch.testing.assert_close(sums.cpu(), ref_sums)
     assert float(grads[0].abs().max()) == 0.0
 
@@ -200,7 +205,8 @@ def test_functional_mmd_and_jmmd_through_the_op(estimator):
 def test_too_many_layers_is_an_error():
     z = torch.randn(6, 2, device=DEVICE)
     with pytest.raises(ValueError, match="at most 8 layers"):
-        TRITON.mmd_sweep([z] * 9, 3, [ALPHAS] * 9, [True] * 9, UNBIASED(3, 3), False)
+        TRITON.mmd_sweep([z[:3]] * 9, [z[3:]] * 9, [ALPHAS] * 9, [True] * 9, UNBIASED(3, 3),
+                         False)
 
 
 @pytest.mark.skipif(not ON_GPU, reason="needs a CUDA device")

@@ -2,7 +2,7 @@
 
 Every backend module exposes the same primitives (see ``reference.py`` for their contract):
 
-* ``mmd_sweep(zs, n, factors, relative, weights, need_grad) -> (sums, grads)``
+* ``mmd_sweep(sources, targets, factors, relative, weights, need_grad) -> (sums, grads)``
 
 Choice, first match wins: the ``backend=`` argument of an op, the ``DAPKERNELS_BACKEND``
 environment variable, then the device: CPU tensors use ``cpu`` (the C++ core), CUDA tensors use

@@ -35,39 +35,61 @@ LARGE_TILE = 128
 _DTYPES = {torch.float32: "float32", torch.float64: "float64"}
 
 
+def _rows_readable(x: torch.Tensor) -> bool:
+    """Rows the core can read in place: unit column stride, rows that do not overlap."""
+    rows, cols = x.shape
+    return (cols <= 1 or x.stride(1) == 1) and (rows <= 1 or x.stride(0) >= cols)
+
+
 def mmd_sweep(
-    zs: Sequence[torch.Tensor],
-    n: int,
+    sources: Sequence[torch.Tensor],
+    targets: Sequence[torch.Tensor],
     factors: Sequence[Sequence[float]],
     relative: Sequence[bool],
     weights: Sequence[float],
     need_grad: bool,
-) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Block sums ``[S_ss, S_st, S_tt]`` (float64) and, if ``need_grad``, ∂L/∂z_l per layer.
+) -> tuple[tuple[float, float, float], list[torch.Tensor]]:
+    """Block sums ``(S_ss, S_st, S_tt)`` and, if ``need_grad``, ∂L/∂z_l per layer.
+
+    The C++ core reads the source and target blocks where they are (no concatenated copy).
+    The sums come back as a tuple of three Python floats (float64), not a tensor: on the CPU a
+    tensor would be built only to be read back, and at small batches every tensor creation
+    is a visible share of the whole call.
 
     Args:
-        zs: one (N, d_l) float32/float64 CPU tensor per layer; source rows first (n of them).
-        n: number of source rows.
+        sources, targets: per layer, (n, d_l) and (m, d_l) float32/float64 CPU tensors.
         factors: per layer, σ_q² (fixed) or α_q (relative to the mean pairwise squared distance).
         relative: per layer, whether ``factors`` are relative.
         weights: ``(w_ss, w_st, w_tt)`` of ``L = w_ss S_ss + 2 w_st S_st + w_tt S_tt``.
-        need_grad: whether to return the gradients (dtype and shape of each z_l).
+        need_grad: whether to return the gradients, (n + m, d_l) each, source rows first.
 
     Raises:
         ValueError: non-finite features (the message names the layer and source/target row).
     """
-    zs = [z if z.stride(1) == 1 else z.contiguous() for z in zs]
-    dtype = _DTYPES.get(zs[0].dtype)
-    if dtype is None or zs[0].device.type != "cpu":
-        raise TypeError(f"the cpu backend takes float32/float64 CPU tensors, got {zs[0].dtype} "
-                        f"on {zs[0].device}")
-    N = zs[0].shape[0]
-    grads = [torch.empty(z.shape, dtype=z.dtype) for z in zs] if need_grad else []
+    s0 = sources[0]
+    dtype = _DTYPES.get(s0.dtype)
+    if dtype is None or s0.device.type != "cpu":
+        raise TypeError(f"the cpu backend takes float32/float64 CPU tensors, got {s0.dtype} "
+                        f"on {s0.device}")
+    n, m = s0.shape[0], targets[0].shape[0]
+    sp, tp, cols, srs, trs, keep = [], [], [], [], [], []
+    for s, t in zip(sources, targets):
+        if not _rows_readable(s):
+            s = s.contiguous()
+            keep.append(s)  # holds the copy alive until the call returns
+        if not _rows_readable(t):
+            t = t.contiguous()
+            keep.append(t)
+        sp.append(s.data_ptr())
+        tp.append(t.data_ptr())
+        cols.append(s.shape[1])
+        srs.append(s.stride(0))
+        trs.append(t.stride(0))
+    unit = [1] * len(cols)
+    grads = [torch.empty((n + m, d), dtype=s0.dtype) for d in cols] if need_grad else []
     sums = _C.mmd_sweep(
-        [z.data_ptr() for z in zs], [z.shape[0] for z in zs], [z.shape[1] for z in zs],
-        [z.stride(0) for z in zs], [z.stride(1) for z in zs], dtype, n,
-        [list(f) for f in factors], list(relative), list(weights),
-        [g.data_ptr() for g in grads], [g.stride(0) for g in grads],
-        SMALL_TILE if N <= 4 * SMALL_TILE else LARGE_TILE,
+        sp, tp, n, m, cols, srs, unit, trs, unit, dtype, factors, relative, weights,
+        [g.data_ptr() for g in grads], cols if need_grad else [],
+        SMALL_TILE if n + m <= 4 * SMALL_TILE else LARGE_TILE,
     )
-    return torch.tensor(sums, dtype=torch.float64), grads
+    return sums, grads

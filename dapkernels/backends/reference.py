@@ -43,8 +43,8 @@ def pairwise_sq_distances(z64: torch.Tensor) -> torch.Tensor:
 
 
 def mmd_sweep(
-    zs: Sequence[torch.Tensor],
-    n: int,
+    sources: Sequence[torch.Tensor],
+    targets: Sequence[torch.Tensor],
     factors: Sequence[Sequence[float]],
     relative: Sequence[bool],
     weights: Sequence[float],
@@ -53,19 +53,25 @@ def mmd_sweep(
     """Block sums of a (joint) Gaussian-bank kernel and the gradient of their weighted sum.
 
     Args:
-        zs: one (N, d_l) tensor per layer: source rows ``0 … n−1``, target rows ``n … N−1``.
-        n: number of source rows.
+        sources: one (n, d_l) tensor per layer (the source batch).
+        targets: one (m, d_l) tensor per layer (the target batch); ``N = n + m``, and row
+            ``i`` of the concatenation ``z_l = [source_l; target_l]`` is a source row for
+            ``i < n``.
         factors: per layer, σ_q² (fixed) or α_q (relative) for each kernel of the bank.
         relative: per layer, whether the factors multiply the mean pairwise squared distance.
         weights: ``(w_ss, w_st, w_tt)``.
         need_grad: whether to return gradients.
 
     Returns:
-        ``sums``: float64 tensor ``[S_ss, S_st, S_tt]`` with ``S_ab = Σ_{i∈a, j∈b} k(z_i, z_j)``
-        and ``k = Π_l Σ_q exp(−γ_{lq} ‖z_{l,i} − z_{l,j}‖²)``;
-        ``grads``: per layer, ∂L/∂z_l (dtype of z_l) for ``L = w_ss S_ss + 2 w_st S_st +
-        w_tt S_tt``, or an empty list when ``need_grad`` is False.
+        ``sums``: ``[S_ss, S_st, S_tt]`` with ``S_ab = Σ_{i∈a, j∈b} k(z_i, z_j)`` and
+        ``k = Π_l Σ_q exp(−γ_{lq} ‖z_{l,i} − z_{l,j}‖²)``: a float64 tensor on the device
+        (this backend, Triton) or a tuple of three Python floats (the CPU backend);
+        ``grads``: per layer, ∂L/∂z_l, (N, d_l) in the dtype of the inputs, for
+        ``L = w_ss S_ss + 2 w_st S_st + w_tt S_tt``, or an empty list when ``need_grad`` is
+        False.
     """
+    n = sources[0].shape[0]
+    zs = [torch.cat((s, t)) for s, t in zip(sources, targets)]
     for l, z in enumerate(zs):
         check_finite(z, f"features (layer {l})")
     z64s = [z.detach().to(torch.float64) for z in zs]

@@ -23,42 +23,56 @@ def _device_weights(weights: tuple, device: torch.device) -> torch.Tensor:
     return torch.tensor([w_ss, 2.0 * w_st, w_tt], dtype=torch.float64, device=device)
 
 
-def _value(
-    sums: torch.Tensor, weights: Sequence[float], const: float, dtype: torch.dtype
-) -> torch.Tensor:
-    """``w_ss S_ss + 2 w_st S_st + w_tt S_tt + const`` as a 0-dim ``dtype`` tensor on sums' device.
+def _value(sums, weights: Sequence[float], const: float, dtype: torch.dtype) -> torch.Tensor:
+    """``w_ss S_ss + 2 w_st S_st + w_tt S_tt + const`` as a 0-dim ``dtype`` tensor.
 
-    The combination is evaluated in float64 and rounded once.
+    ``sums`` is a tuple of three floats (CPU backend: the value is formed in Python and becomes
+    one tensor) or a float64 device tensor (combined on the device, no host sync).  Either way
+    the combination is evaluated in float64 and rounded once.
     """
-    if sums.device.type == "cpu":  # three floats, one tensor creation
-        w_ss, w_st, w_tt = weights
-        s = sums.tolist()
-        return torch.tensor(w_ss * s[0] + 2.0 * w_st * s[1] + w_tt * s[2] + const, dtype=dtype)
+    w_ss, w_st, w_tt = weights
+    if isinstance(sums, tuple):
+        value = w_ss * sums[0] + 2.0 * w_st * sums[1] + w_tt * sums[2] + const
+        return torch.scalar_tensor(value, dtype=dtype)
     value = torch.dot(sums, _device_weights(tuple(weights), sums.device)) + const
     return value.to(dtype)
 
 
-def _sweep(zs, n, factors, relative, weights, const, need_grad, backend, dtype):
-    sums, grads = backends.get(backend).mmd_sweep(zs, n, factors, relative, weights, need_grad)
+def _sweep(sources, targets, factors, relative, weights, const, need_grad, backend, dtype):
+    sums, grads = backends.get(backend).mmd_sweep(
+        sources, targets, factors, relative, weights, need_grad
+    )
     return _value(sums, weights, const, dtype), grads
 
 
+def scale_grad(grad: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
+    """``grad · grad_out`` for a stored gradient and the 0-dim incoming gradient.
+
+    The common case ``grad_out = 1`` (the loss is backpropagated directly, on the CPU where
+    reading the scalar is free) hands back the stored tensor itself instead of a scaled copy.
+    It is held by ``save_for_backward``, so an in-place change of the returned gradient
+    followed by a second backward through a retained graph raises autograd's usual error
+    rather than using the changed values.
+    """
+    if grad_out.device.type == "cpu" and grad_out.item() == 1.0:
+        return grad
+    return grad * (grad_out if grad_out.dtype == grad.dtype else grad_out.to(grad.dtype))
+
+
 class _FusedMMDFunction(torch.autograd.Function):
-    """Eager path: forward concatenates and sweeps, backward scales the stored gradients.
+    """Eager path: forward sweeps, backward scales the stored gradients.
 
     Arguments are one ``plan`` tuple (everything that is not a tensor, so argument parsing
-    stays cheap) then ``*sources, *targets``; concatenating inside forward keeps the autograd
-    graph to this one node.
+    stays cheap) then ``*sources, *targets``: the graph holds this one node.
     """
 
     @staticmethod
     def forward(ctx, plan, *tensors):
         n, factors, relative, weights, const, backend, out_dtype = plan
         layers = len(tensors) // 2
-        zs = [torch.cat((s, t)) for s, t in zip(tensors[:layers], tensors[layers:])]
         value, grads = _sweep(
-            zs, n, factors, relative, weights, const, any(ctx.needs_input_grad), backend,
-            out_dtype,
+            tensors[:layers], tensors[layers:], factors, relative, weights, const,
+            any(ctx.needs_input_grad), backend, out_dtype,
         )
         ctx.n = n
         ctx.save_for_backward(*grads)
@@ -73,7 +87,7 @@ class _FusedMMDFunction(torch.autograd.Function):
         n, layers = ctx.n, len(grads)
         src, tgt = [None] * layers, [None] * layers
         for l, g in enumerate(grads):
-            scaled = g * grad_out.to(g.dtype)
+            scaled = scale_grad(g, grad_out)
             if needs[1 + l]:
                 src[l] = scaled[:n]
             if needs[1 + layers + l]:
@@ -91,8 +105,8 @@ def _split(flat: Sequence[float], counts: Sequence[int]) -> list[list[float]]:
 
 @torch.library.custom_op("dapkernels::mmd_fused", mutates_args=())
 def mmd_fused(
-    zs: list[torch.Tensor],
-    n: int,
+    sources: list[torch.Tensor],
+    targets: list[torch.Tensor],
     factors: list[float],
     counts: list[int],
     relative: list[bool],
@@ -101,30 +115,37 @@ def mmd_fused(
     need_grad: bool,
     backend: str,
 ) -> list[torch.Tensor]:
-    """Compiled path: returns ``[value (float64, 0-dim), *grads]``."""
+    """Compiled path: returns ``[value (float64, 0-dim), *grads]``, grads (n + m, d_l)."""
     value, grads = _sweep(
-        zs, n, _split(factors, counts), relative, weights, const, need_grad, backend,
-        torch.float64,
+        sources, targets, _split(factors, counts), relative, weights, const, need_grad,
+        backend, torch.float64,
     )
-    return [value.to(zs[0].device)] + [g.contiguous() for g in grads]
+    return [value.to(sources[0].device)] + [g.contiguous() for g in grads]
 
 
 @mmd_fused.register_fake
-def _(zs, n, factors, counts, relative, weights, const, need_grad, backend):
-    value = zs[0].new_empty((), dtype=torch.float64)
-    return [value] + ([torch.empty_like(z) for z in zs] if need_grad else [])
+def _(sources, targets, factors, counts, relative, weights, const, need_grad, backend):
+    value = sources[0].new_empty((), dtype=torch.float64)
+    if not need_grad:
+        return [value]
+    return [value] + [s.new_empty((s.shape[0] + t.shape[0], s.shape[1]))
+                      for s, t in zip(sources, targets)]
 
 
 def _setup_context(ctx, inputs, output):
-    ctx.num_layers = len(inputs[0])
+    ctx.n = inputs[0][0].shape[0]
     ctx.save_for_backward(*output[1:])
 
 
 def _backward(ctx, grad_outputs):
     grad_value = grad_outputs[0]
     grads = ctx.saved_tensors
-    zgrads = [grad_value.to(g.dtype) * g for g in grads] if grads else None
-    return zgrads, None, None, None, None, None, None, None, None
+    if not grads:
+        return None, None, None, None, None, None, None, None, None
+    scaled = [grad_value.to(g.dtype) * g for g in grads]
+    n = ctx.n
+    return ([g[:n] for g in scaled], [g[n:] for g in scaled],
+            None, None, None, None, None, None, None)
 
 
 mmd_fused.register_autograd(_backward, setup_context=_setup_context)
@@ -147,16 +168,18 @@ def fused_mmd(
         factors, relative: per layer, the bank (see ``backends.reference.mmd_sweep``).
         weights, const: ``L = w_ss S_ss + 2 w_st S_st + w_tt S_tt + const``.
     """
-    n = sources[0].shape[0]
     if torch.compiler.is_compiling():
-        zs = [torch.cat([s, t]) for s, t in zip(sources, targets)]
-        need_grad = torch.is_grad_enabled() and any(z.requires_grad for z in zs)
+        need_grad = torch.is_grad_enabled() and any(
+            x.requires_grad for x in (*sources, *targets)
+        )
         flat = [float(f) for fs in factors for f in fs]
         counts = [len(fs) for fs in factors]
         out = mmd_fused(
-            zs, n, flat, counts, list(relative), list(weights), const, need_grad, backend
+            list(sources), list(targets), flat, counts, list(relative), list(weights), const,
+            need_grad, backend,
         )
         return out[0].to(out_dtype)
+    n = sources[0].shape[0]
     plan = (n, factors, relative, weights, const, backend, out_dtype)
     return _FusedMMDFunction.apply(plan, *sources, *targets)
 

@@ -306,8 +306,8 @@ def _prep(z: torch.Tensor, zp: torch.Tensor, sq: torch.Tensor, stats: torch.Tens
 
 
 def mmd_sweep(
-    zs: Sequence[torch.Tensor],
-    n: int,
+    sources: Sequence[torch.Tensor],
+    targets: Sequence[torch.Tensor],
     factors: Sequence[Sequence[float]],
     relative: Sequence[bool],
     weights: Sequence[float],
@@ -316,13 +316,15 @@ def mmd_sweep(
     """Triton implementation of :func:`dapkernels.backends.reference.mmd_sweep` (same contract).
 
     Args:
-        zs: L ≤ 8 tensors (N, d_l) on one device: source rows ``0 … n−1``, then target rows.
-        n, factors, relative, weights, need_grad: as in the reference.
+        sources, targets: per layer (L ≤ 8), (n, d_l) and (m, d_l) tensors on one device.
+        factors, relative, weights, need_grad: as in the reference.
 
     Returns:
         ``(sums, grads)``: float64 ``[S_ss, S_st, S_tt]`` on the device (no host sync) and,
         with ``need_grad``, ∂L/∂z_l (N, d_l) in the dtype of z_l.
     """
+    n = sources[0].shape[0]
+    zs = [torch.cat((s.detach(), t.detach())) for s, t in zip(sources, targets)]
     num_layers = len(zs)
     if num_layers > MAX_LAYERS:
         raise ValueError(
