@@ -19,6 +19,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "common.h"
@@ -331,20 +332,33 @@ double coral_run(const Matrix& xs, const Matrix& xt, const Matrix* gs, const Mat
     Buffer<double> G(Np * Np);
     gram_upper<T>(Z.get(), Np, dp, ldz, G.get());
     const double w_ss = 1.0 / (a * a), w_tt = 1.0 / (b * b), w_st = -1.0 / (a * b);
-    auto weight = [&](std::int64_t i, std::int64_t j) {
-      return i < ns ? (j < ns ? w_ss : w_st) : (j < ns ? w_st : w_tt);
+    // Row i: weight w_lo for the source columns j < ns, w_hi for the target columns.
+    auto row_weights = [&](std::int64_t i) {
+      return i < ns ? std::make_pair(w_ss, w_st) : std::make_pair(w_st, w_tt);
     };
-    for (std::int64_t i = 0; i < N; ++i)
-      for (std::int64_t j = 0; j < N; ++j) {
-        const double g = G.get()[i * Np + j];
-        value += weight(i, j) * g * g;
-      }
+    for (std::int64_t i = 0; i < N; ++i) {
+      const double* gi = G.get() + i * Np;
+      const auto [w_lo, w_hi] = row_weights(i);
+      double lo = 0.0, hi = 0.0;
+#pragma omp simd reduction(+ : lo)
+      for (std::int64_t j = 0; j < ns; ++j) lo += gi[j] * gi[j];
+#pragma omp simd reduction(+ : hi)
+      for (std::int64_t j = ns; j < N; ++j) hi += gi[j] * gi[j];
+      value += w_lo * lo + w_hi * hi;
+    }
     value *= 0.25 / dd;
     if (gs == nullptr) return value;
     Buffer<T> M(Np * N, false);  // W∘G / d²; rows ≥ N zeroed below
-    for (std::int64_t i = 0; i < N; ++i)
-      for (std::int64_t j = 0; j < N; ++j)
-        M.get()[i * N + j] = static_cast<T>(weight(i, j) * G.get()[i * Np + j] / dd);
+    for (std::int64_t i = 0; i < N; ++i) {
+      const double* gi = G.get() + i * Np;
+      T* mi = M.get() + i * N;
+      const auto [w_lo, w_hi] = row_weights(i);
+      const double s_lo = w_lo / dd, s_hi = w_hi / dd;
+#pragma omp simd
+      for (std::int64_t j = 0; j < ns; ++j) mi[j] = static_cast<T>(s_lo * gi[j]);
+#pragma omp simd
+      for (std::int64_t j = ns; j < N; ++j) mi[j] = static_cast<T>(s_hi * gi[j]);
+    }
     std::fill(M.get() + N * N, M.get() + Np * N, T(0));
     Buffer<T> out(Np * dp, false);  // fully written by matmul
     matmul<T>(M.get(), N, Z.get(), ldz, Np, N, dp, out.get(), dp);

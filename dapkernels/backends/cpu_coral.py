@@ -29,15 +29,13 @@ def coral_sweep_float(
     else the d×d covariance path (~1.5 N d²); both are exact.  Inputs: CPU, float32 or float64,
     rows with unit column stride (other layouts are copied once).
     """
-    xs, xt = xs.detach(), xt.detach()
     if xs.stride(-1) != 1:
         xs = xs.contiguous()
     if xt.stride(-1) != 1:
         xt = xt.contiguous()
     if need_grad:
-        gs, gt = torch.empty_like(xs, memory_format=torch.contiguous_format), torch.empty_like(
-            xt, memory_format=torch.contiguous_format
-        )
+        gs = torch.empty(xs.shape, dtype=xs.dtype)
+        gt = torch.empty(xt.shape, dtype=xt.dtype)
         gs_ptr, gt_ptr = gs.data_ptr(), gt.data_ptr()
     else:
         gs_ptr = gt_ptr = 0

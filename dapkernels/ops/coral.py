@@ -15,6 +15,7 @@ import torch
 
 from .. import backends
 from ..backends import reference
+from ._autograd import direct_apply, scale_grad
 
 
 def _module(backend: str) -> ModuleType:
@@ -40,7 +41,7 @@ class _CoralFunction(torch.autograd.Function):
         if backend == "cpu":  # lean path: a float from C++, one tensor creation
             value, grads = _module(backend).coral_sweep_float(xs, xt, need_grad)
             ctx.save_for_backward(*grads)
-            return torch.tensor(value, dtype=out_dtype)
+            return torch.scalar_tensor(value, dtype=out_dtype)
         value, grads = _sweep(xs, xt, need_grad, backend)
         ctx.save_for_backward(*grads)
         return value.to(device=xs.device, dtype=out_dtype)
@@ -54,9 +55,12 @@ class _CoralFunction(torch.autograd.Function):
         return (
             None,
             None,
-            grad_out.to(gs.dtype) * gs if need_s else None,
-            grad_out.to(gt.dtype) * gt if need_t else None,
+            scale_grad(gs, grad_out) if need_s else None,
+            scale_grad(gt, grad_out) if need_t else None,
         )
+
+
+_apply = direct_apply(_CoralFunction)
 
 
 @torch.library.custom_op("dapkernels::coral_fused", mutates_args=())
@@ -96,7 +100,7 @@ def fused_coral(
     if torch.compiler.is_compiling():
         need_grad = torch.is_grad_enabled() and (xs.requires_grad or xt.requires_grad)
         return coral_fused(xs, xt, need_grad, backend)[0].to(out_dtype)
-    return _CoralFunction.apply(backend, out_dtype, xs, xt)
+    return _apply(backend, out_dtype, xs, xt)
 
 
 # ---- log-Euclidean CORAL ----------------------------------------------------------------------

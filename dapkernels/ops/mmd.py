@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 
 from .. import backends
+from ._autograd import direct_apply, scale_grad
 
 
 @functools.lru_cache(maxsize=64)
@@ -43,20 +44,6 @@ def _sweep(sources, targets, factors, relative, weights, const, need_grad, backe
         sources, targets, factors, relative, weights, need_grad
     )
     return _value(sums, weights, const, dtype), grads
-
-
-def scale_grad(grad: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
-    """``grad · grad_out`` for a stored gradient and the 0-dim incoming gradient.
-
-    The common case ``grad_out = 1`` (the loss is backpropagated directly, on the CPU where
-    reading the scalar is free) hands back the stored tensor itself instead of a scaled copy.
-    It is held by ``save_for_backward``, so an in-place change of the returned gradient
-    followed by a second backward through a retained graph raises autograd's usual error
-    rather than using the changed values.
-    """
-    if grad_out.device.type == "cpu" and grad_out.item() == 1.0:
-        return grad
-    return grad * (grad_out if grad_out.dtype == grad.dtype else grad_out.to(grad.dtype))
 
 
 class _FusedMMDFunction(torch.autograd.Function):
@@ -93,6 +80,9 @@ class _FusedMMDFunction(torch.autograd.Function):
             if needs[1 + layers + l]:
                 tgt[l] = scaled[n:]
         return (None, *src, *tgt)
+
+
+_apply = direct_apply(_FusedMMDFunction)
 
 
 def _split(flat: Sequence[float], counts: Sequence[int]) -> list[list[float]]:
@@ -181,7 +171,7 @@ def fused_mmd(
         return out[0].to(out_dtype)
     n = sources[0].shape[0]
     plan = (n, factors, relative, weights, const, backend, out_dtype)
-    return _FusedMMDFunction.apply(plan, *sources, *targets)
+    return _apply(plan, *sources, *targets)
 
 
 def linear_mmd(
