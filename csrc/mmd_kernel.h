@@ -278,21 +278,6 @@ double center_rows(std::int64_t N, std::int64_t d, const T* z, std::int64_t ldz,
   return total;
 }
 
-// grad[i, :] = 4 (rowsum[i] · c[i, :] − acc[i, :]), written to grad (row stride ldgr); acc may
-// alias grad.
-template <typename T>
-void finish(std::int64_t N, std::int64_t d, const T* c, std::int64_t ldc, const double* rowsum,
-            const T* acc, std::int64_t lda, T* grad, std::int64_t ldgr) {
-#pragma omp parallel for schedule(static) if (N * d > 65536)
-  for (std::int64_t i = 0; i < N; ++i) {
-    const T rs = static_cast<T>(rowsum[i]);
-    const T* ci = c + i * ldc;
-    const T* ai = acc + i * lda;
-    T* gi = grad + i * ldgr;
-    for (std::int64_t k = 0; k < d; ++k) gi[k] = T(4) * (rs * ci[k] - ai[k]);
-  }
-}
-
 // The whole sweep in one call, with this file's GEMM micro-kernel: tiles of B rows (I ≤ J)
 // handed out dynamically to threads.  Thread 0 accumulates C·c into the output gradient, the
 // others into private buffers added at the end; row sums likewise (no two threads write one
@@ -313,7 +298,7 @@ void sweep_direct(const Context<T>& cx, const T* const* c, const std::int64_t* l
     dmax = std::max(dmax, ldc[l]);
   }
   // Threads pay off once the sweep is a few hundred microseconds of work.
-  const bool parallel = ntiles > 1 && N * N * dsum > (std::int64_t(1) << 19) && !std::getenv("DK_SERIAL");
+  const bool parallel = ntiles > 1 && N * N * dsum > (std::int64_t(1) << 19);
   const int nt = parallel ? omp_get_max_threads() : 1;
   std::vector<std::vector<T>> accs(static_cast<std::size_t>(nt) * L);
   std::vector<std::vector<double>> rows(static_cast<std::size_t>(nt) * L);
@@ -379,22 +364,30 @@ void sweep_direct(const Context<T>& cx, const T* const* c, const std::int64_t* l
         for (std::int64_t j = j0; j < j1; ++j) rowsum[l][j] += colsum[l][j - j0];
       }
     }
+    if (need_grad) {
+      // Every tile is done (closing barrier of the loop above).  Rows are shared out again:
+      // add the other threads' partial C·c and row sums, then finish
+      // ∂L/∂c_i = 4 (rowsum_i · c_i − (C c)_i) in place, in the same parallel region.
+#pragma omp for schedule(static)
+      for (std::int64_t i = 0; i < N; ++i) {
+        for (int l = 0; l < L; ++l) {
+          const std::int64_t d = dims[l];
+          double rs = rows[l][i];
+          T* gi = grad[l] + i * ldgrad[l];
+          for (int u = 1; u < nt; ++u) {
+            const T* other = accs[u * L + l].data() + i * d;
+#pragma omp simd
+            for (std::int64_t k = 0; k < d; ++k) gi[k] += other[k];
+            rs += rows[u * L + l][i];
+          }
+          const T r = static_cast<T>(rs);
+          const T* ci = c[l] + i * ldc[l];
+#pragma omp simd
+          for (std::int64_t k = 0; k < d; ++k) gi[k] = T(4) * (r * ci[k] - gi[k]);
+        }
+      }
+    }
   }
   for (int t = 0; t < nt; ++t)
     for (int k = 0; k < 3; ++k) sums[k] += tsums[3 * t + k];
-  if (!need_grad) return;
-  for (int l = 0; l < L; ++l) {
-    double* rs = rows[l].data();
-    const std::int64_t d = dims[l];
-#pragma omp parallel for schedule(static) if (parallel)
-    for (std::int64_t i = 0; i < N; ++i) {
-      T* gi = grad[l] + i * ldgrad[l];
-      for (int t = 1; t < nt; ++t) {
-        const T* other = accs[t * L + l].data() + i * d;
-        for (std::int64_t k = 0; k < d; ++k) gi[k] += other[k];
-        rs[i] += rows[t * L + l][i];
-      }
-    }
-    finish<T>(N, d, c[l], ldc[l], rs, grad[l], ldgrad[l], grad[l], ldgrad[l]);
-  }
 }
