@@ -18,12 +18,13 @@ def scale_grad(grad: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
     """``grad · grad_out`` for a stored gradient and the 0-dim incoming gradient.
 
     The common case ``grad_out = 1`` (the loss is backpropagated directly; checked on the CPU
-    only, where reading the scalar costs no device sync) hands back the stored tensor itself.
+    only, where reading the scalar costs no device sync, and not when ``grad_out`` is itself
+    part of a graph under ``create_graph=True``) hands back the stored tensor itself.
     It is held by ``save_for_backward``, so an in-place change of the returned gradient
     followed by a second backward through a retained graph raises autograd's usual error
     rather than using the changed values.
     """
-    if grad_out.device.type == "cpu" and grad_out.item() == 1.0:
+    if grad_out.device.type == "cpu" and not grad_out.requires_grad and grad_out.item() == 1.0:
         return grad
     return grad * (grad_out if grad_out.dtype == grad.dtype else grad_out.to(grad.dtype))
 
