@@ -134,7 +134,9 @@ def _fused_plan(kernels: tuple, estimator: str, n: int, m: int) -> tuple:
 def _joint_mmd(srcs, tgts, kernels, estimator, backend) -> torch.Tensor:
     """Estimator on validated (batch, d_l) layers: the linear one in torch, the others fused."""
     n, m = srcs[0].shape[0], tgts[0].shape[0]
-    if estimator == "linear" or estimator not in ESTIMATORS:
+    if estimator not in ESTIMATORS:  # before the cache, which cannot hash e.g. a list
+        _check_estimator(estimator, n, m)
+    if estimator == "linear":
         _check_estimator(estimator, n, m)
         factors = [k.sigma2_factors for k in kernels]
         relative = [k.relative for k in kernels]

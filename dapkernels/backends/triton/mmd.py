@@ -1,6 +1,7 @@
 """Host side of the Triton MMD / JMMD sweep: packing, tables, kernel and launch configuration.
 
-The contract is ``backends.reference.mmd_sweep``.  Everything stays on the device: the
+The contract is ``backends.reference.mmd_sweep``; each layer's source and target blocks are
+concatenated on the device first (one copy per layer).  Everything stays on the device: the
 bandwidths are computed by the kernels from device-side statistics (no host sync), the block
 sums come back as a float64 device tensor.  Per call, one of:
 
@@ -323,14 +324,15 @@ def mmd_sweep(
         ``(sums, grads)``: float64 ``[S_ss, S_st, S_tt]`` on the device (no host sync) and,
         with ``need_grad``, ∂L/∂z_l (N, d_l) in the dtype of z_l.
     """
-    n = sources[0].shape[0]
-    zs = [torch.cat((s.detach(), t.detach())) for s, t in zip(sources, targets)]
-    num_layers = len(zs)
+    num_layers = len(sources)
     if num_layers > MAX_LAYERS:
         raise ValueError(
             f"the triton backend handles at most {MAX_LAYERS} layers, got {num_layers}"
         )
-    z0 = zs[0].detach()
+    n = sources[0].shape[0]
+    # The kernels read one (N, d_l) array per layer: z_l = [source_l; target_l].
+    zs = [torch.cat((s.detach(), t.detach())) for s, t in zip(sources, targets)]
+    z0 = zs[0]
     device, dtype, N = z0.device, z0.dtype, z0.shape[0]
     weights = tuple(float(w) for w in weights)
     cdt, prec = _COMPUTE_DTYPE[dtype], dot_precision(dtype)
