@@ -3,8 +3,8 @@
 ``python benchmarks/triton_host_overhead.py [--repeats R]`` replaces the four MMD kernels with
 a no-op launcher and times, on CPU tensors (32 + 32 rows, d = 256, float32):
 
-* ``backend``: ``backends.triton.mmd_sweep`` with the gradient (the work this package's
-  Triton host code does per call: argument checks, cached plan lookup, output allocation);
+* ``backend``: ``backends.triton.mmd_loss`` with the gradient, the entry the op uses (the work
+  this package's Triton host code does per call: route, cached plan lookup, output allocation);
 * ``op fwd+bwd``: ``dk.mmd(..., backend="triton")`` forward and backward (adds the autograd /
   ops layer, which is not part of the Triton backend).
 
@@ -58,13 +58,14 @@ def main() -> None:
     factors = [tuple(2.0**i for i in range(-3, 2))]
 
     def backend():
-        tmmd.mmd_sweep([sd], [td], factors, [True], (1 / 32**2, -1 / 32**2, 1 / 32**2), True)
+        tmmd.mmd_loss([sd], [td], factors, [True], (1 / 32**2, -1 / 32**2, 1 / 32**2), 0.0,
+                      torch.float32, True)
 
     def op():
         s.grad = t.grad = None
         dk.mmd(s, t, backend="triton").backward()
 
-    print(f"backend mmd_sweep (N=64, d=256, grad): {_per_call_us(backend, args.repeats):7.1f} µs")
+    print(f"backend mmd_loss (N=64, d=256, grad):  {_per_call_us(backend, args.repeats):7.1f} µs")
     print(f"dk.mmd fwd+bwd, backend='triton':       {_per_call_us(op, args.repeats):7.1f} µs")
 
 

@@ -202,6 +202,90 @@ def test_functional_mmd_and_jmmd_through_the_op(estimator):
             assert float((g.cpu().double() - rg).norm()) <= 1e-4 * float(rg.norm())
 
 
+def _reference_loss(s, t, factors, weights, const):
+    sums, grads = reference.mmd_sweep([s.cpu().double()], [t.cpu().double()], [factors], [True],
+                                      weights, True)
+    w = torch.tensor(weights, dtype=torch.float64) * torch.tensor([1.0, 2.0, 1.0])
+    return float((w * sums).sum()) + const, float((w * sums).abs().sum()), grads[0]
+
+
+@pytest.mark.parametrize(
+    "n,m,d,dtype,out_dtype",
+    [
+        (5, 7, 3, torch.float32, torch.float32),  # one program: the kernel writes the value
+        (30, 34, 256, torch.float32, torch.float64),
+        (9, 14, 1000, torch.float64, torch.float64),  # float64 read and differentiated in place
+        (40, 31, 300, torch.float32, torch.float32),  # sweep, value formed on the device
+        (33, 40, 127, torch.float64, torch.float32),  # flash
+    ],
+)
+def test_mmd_loss_value_and_gradient(n, m, d, dtype, out_dtype):
+    """``mmd_loss`` = coef · S + const in the requested dtype, on every route; rows strided
+    differently in source and target (views into wider buffers) are read where they are."""
+    torch.manual_seed(n + m + d)
+    s = (torch.randn(n, d + 5, dtype=dtype) + 0.4)[:, 2:d + 2]
+    t = 1.2 * torch.randn(m, 2 * d, dtype=dtype)[:, ::2]
+    weights, const = UNBIASED(n, m), -0.37
+    value, grads = TRITON.mmd_loss([s.to(DEVICE)], [t.to(DEVICE)], [ALPHAS], [True], weights,
+                                   const, out_dtype, True)
+    ref, scale, ref_grad = _reference_loss(s, t, ALPHAS, weights, const)
+    assert value.shape == () and value.dtype == out_dtype and value.device.type == DEVICE
+    assert abs(float(value) - ref) <= 1e-5 * scale
+    (g,) = grads
+    assert g.shape == (n + m, d) and g.dtype == dtype
+    assert float((g.cpu().double() - ref_grad).norm()) <= 1e-4 * float(ref_grad.norm())
+
+
+class _OpRecorder(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the aten ops dispatched outside kernel launches (``paused`` while one runs)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops: list[str] = []
+        self.paused = False
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not self.paused:
+            self.ops.append(func.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+def test_small_batch_loss_is_one_launch_and_no_other_device_op(monkeypatch):
+    """At DA batch sizes the forward is one kernel launch plus output allocations: no copy of
+    the inputs, no memset, no ops combining the sums (each would be a launch on a GPU)."""
+    from dapkernels.backends.triton import mmd_kernels
+
+    recorder = _OpRecorder()
+    launches: list = []
+
+    class _Launch:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                launches.append(grid)
+                recorder.paused = True
+                try:
+                    real[grid](*args, **kwargs)
+                finally:
+                    recorder.paused = False
+            return launch
+
+    real = mmd_kernels.small_kernel
+    monkeypatch.setattr(mmd_kernels, "small_kernel", _Launch())
+    s = torch.randn(32, 256, device=DEVICE)
+    t = torch.randn(32, 256, device=DEVICE) + 0.3
+    weights = UNBIASED(32, 32)
+    TRITON.mmd_loss([s], [t], [ALPHAS], [True], weights, 0.0, torch.float32, True)  # plan cache
+    launches.clear()
+    with recorder:
+        value, (grad,) = TRITON.mmd_loss([s], [t], [ALPHAS], [True], weights, 0.0,
+                                         torch.float32, True)
+    assert launches == [(1,)]
+    assert recorder.ops and set(recorder.ops) <= {"empty.memory_format"}, recorder.ops
+    ref, scale, ref_grad = _reference_loss(s, t, ALPHAS, weights, 0.0)
+    assert abs(float(value) - ref) <= 1e-5 * scale
+    assert float((grad.cpu().double() - ref_grad).norm()) <= 1e-4 * float(ref_grad.norm())
+
+
 def test_too_many_layers_is_an_error():
     z = torch.randn(6, 2, device=DEVICE)
     with pytest.raises(ValueError, match="at most 8 layers"):

@@ -3,6 +3,8 @@
 Every backend module exposes the same primitives (see ``reference.py`` for their contract):
 
 * ``mmd_sweep(sources, targets, factors, relative, weights, need_grad) -> (sums, grads)``
+* optionally ``mmd_loss(…, weights, const, out_dtype, need_grad) -> (value, grads)``, the loss
+  value itself (``ops/mmd.py`` forms it from the sums for backends without it)
 
 Choice, first match wins: the ``backend=`` argument of an op, the ``DAPKERNELS_BACKEND``
 environment variable, then the device: CPU tensors use ``cpu`` (the C++ core), CUDA tensors use

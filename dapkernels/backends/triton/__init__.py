@@ -10,6 +10,6 @@ from __future__ import annotations
 import triton  # noqa: F401  (ImportError here marks the backend unavailable)
 
 from .coral import coral_sweep
-from .mmd import mmd_sweep
+from .mmd import mmd_loss, mmd_sweep
 
-__all__ = ["coral_sweep", "mmd_sweep"]
+__all__ = ["coral_sweep", "mmd_loss", "mmd_sweep"]

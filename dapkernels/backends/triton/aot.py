@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import itertools
 import os
 import re
 import sys
@@ -49,7 +50,7 @@ class Job:
 
 
 def _precisions(dtype: str) -> tuple[str, ...]:
-    return ("tf32", "tf32x3") if dtype == "float32" else ("tf32",)
+    return ("tf32", "tf32x3") if dtype in ("float32", "float64") else ("tf32",)
 
 
 #: shared memory a block may use, per target (bytes): 163 KB on sm_80, 227 KB on sm_90.
@@ -73,6 +74,7 @@ def shipped_jobs(archs: list[int]) -> list[Job]:
         NO_SMALL,
         SMALL_BD,
         SMALL_BN,
+        SMALL_STAGES,
         SMALL_WARPS,
     )
 
@@ -81,16 +83,20 @@ def shipped_jobs(archs: list[int]) -> list[Job]:
         for dtype in DTYPES:
             jobs.append(Job("prep_kernel", dtype, (("BLOCK_R", _PREP_BLOCK_R),
                                                    ("BLOCK_C", _PREP_BLOCK_C)), 4, 3, arch))
+        for dtype in DTYPES:  # small_kernel reads every input dtype in place
+            for prec in _precisions(dtype):
+                for grad, square, value in itertools.product((True, False), repeat=3):
+                    if (arch, grad, prec) not in NO_SMALL:
+                        jobs.append(Job("small_kernel", dtype, (
+                            ("BN", SMALL_BN), ("BD", SMALL_BD), ("SQUARE", square),
+                            ("HAS_GRAD", grad), ("OUT_VALUE", value), ("DOT_PREC", prec)),
+                            SMALL_WARPS, SMALL_STAGES, arch))
         for dtype in SWEEP_DTYPES:
             half = dtype != "float32"
             for prec in _precisions(dtype):
                 x3 = prec == "tf32x3"
                 for grad in (True, False):
                     for square in (True, False):
-                        if (arch, grad, prec) not in NO_SMALL:
-                            jobs.append(Job("small_kernel", dtype, (
-                                ("BN", SMALL_BN), ("BD", SMALL_BD), ("SQUARE", square),
-                                ("HAS_GRAD", grad), ("DOT_PREC", prec)), SMALL_WARPS, 3, arch))
                         for (g, h, x, dp), cfg in FLASH_CONFIGS[arch].items():
                             if (g, h, x) != (grad, half, x3):
                                 continue
@@ -163,9 +169,13 @@ def _signature(job: Job) -> dict[str, str]:
                 "stats_ptr": "*fp64", "N": "i32", "d": "i32", "dpad": "i32", "stride_z": "i32",
                 "stride_p": "i32", "col_off": "i32", "rows_per_prog": "i32", **const}
     if job.kernel == "small_kernel":
-        return {"z_ptr": "*" + z_in, "bank_ptr": "*fp32", "grad_ptr": "*" + grad,
-                "sums_ptr": "*fp64", "N": "i32", "n": "i32", "d": "i32", "stride_z": "i32",
-                "q_count": "i32", "relative": "i32", **weights, **const}
+        # reads and differentiates the inputs in their own dtype; the value is float32 for
+        # float32 / half inputs (the ops' output dtype), the block sums float64
+        out = "fp64" if z_in == "fp64" or not dict(job.constexprs)["OUT_VALUE"] else "fp32"
+        return {"s_ptr": "*" + z_in, "t_ptr": "*" + z_in, "bank_ptr": "*fp32",
+                "coef_ptr": "*fp64", "grad_ptr": "*" + z_in, "out_ptr": "*" + out, "N": "i32",
+                "n": "i32", "d": "i32", "stride_s": "i32", "stride_t": "i32", "q_count": "i32",
+                "relative": "i32", **weights, **const}
     if job.kernel == "flash_kernel":
         return {"zp_ptr": "*" + packed, "sq_ptr": "*fp32", "stats_ptr": "*fp64",
                 "bank_ptr": "*fp32", "grad_ptr": "*" + grad, "sums_ptr": "*fp64", "N": "i32",

@@ -1,16 +1,20 @@
 """Host side of the Triton MMD / JMMD sweep: packing, tables, kernel and launch configuration.
 
-The contract is ``backends.reference.mmd_sweep``; each layer's source and target blocks are
-concatenated on the device first (one copy per layer).  Everything stays on the device: the
-bandwidths are computed by the kernels from device-side statistics (no host sync), the block
-sums come back as a float64 device tensor.  Per call, one of:
+The contract is ``backends.reference.mmd_sweep``, plus ``mmd_loss`` (the loss value itself,
+which the ops layer prefers).  Everything stays on the device: the bandwidths are computed by
+the kernels from device-side statistics (no host sync), the block sums (or the value) come back
+as a device tensor.  Per call, one of:
 
-* one layer, N ≤ 64: one ``small_kernel`` launch (no memset, no packing), except where
+* one layer, N ≤ 64: one ``small_kernel`` launch that reads the source and target rows in
+  place (no copy, no memset) and, for ``mmd_loss``, writes the value, except where
   ``NO_SMALL`` says it spills;
 * one layer, d ≤ 256 where the device's table has a flash configuration (see
   ``FLASH_CONFIGS``): one memset, ``prep_kernel``, ``flash_kernel``;
 * otherwise (JMMD, wide layers, float32 gradients at d > 128): one memset, ``prep_kernel`` per
   layer, ``sweep_kernel``.
+
+The last two concatenate each layer's source and target blocks on the device first (one copy
+per layer, small next to the sweep).
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ MAX_LAYERS = K.MAX_LAYERS.value
 SMALL_BN = 64
 SMALL_BD = 32
 SMALL_WARPS = 8
+#: two pipeline stages: three spilled for float64 inputs with the gradient on sm_80.
+SMALL_STAGES = 2
 #: (target, has_grad, tl.dot precision) where ``small_kernel`` spills on every tile / warp /
 #: stage choice tried (3×TF32 with the gradient on sm_80): those calls take the flash / sweep
 #: route instead.
@@ -237,20 +243,39 @@ def _flat_grad(grad: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return grad if grad.dtype == dtype else grad.to(dtype)
 
 
-#: per (shape, row stride, dtype, device, bank, relative, gradient, precision): the bank on the
-#: device, the gradient dtype and the launch constants of ``small_kernel``.  A training loop
-#: builds it once; later calls do one dict lookup, two ``torch.empty`` and the launch.
-_SMALL_PLANS: dict[tuple, tuple[torch.Tensor, torch.dtype, int, dict[str, object]]] = {}
+_COEFS: dict[tuple, torch.Tensor] = {}
 
 
-def _small_plan(key: tuple) -> tuple[torch.Tensor, torch.dtype, int, dict[str, object]]:
-    (_, d), stride, dtype, device, factors, _, need_grad, prec = key
+def _coef_table(weights: tuple, const: float, device: torch.device) -> torch.Tensor:
+    """float64 ``[w_ss, 2 w_st, w_tt, c]`` on ``device``, cached: ``L = coef · S + c``.
+
+    float64 on the device because Triton passes Python floats as float32, which would round
+    the weights of a loss that is a small difference of large terms.
+    """
+    key = (weights, const, device)
+    hit = _COEFS.get(key)
+    if hit is None:
+        if len(_COEFS) >= 256:
+            _COEFS.clear()
+        w_ss, w_st, w_tt = weights
+        hit = _COEFS[key] = torch.tensor([w_ss, 2.0 * w_st, w_tt, const], dtype=torch.float64,
+                                         device=device)
+    return hit
+
+
+#: per (dtype, device, bank, gradient, precision, value or sums): the bank on the device and
+#: the launch constants of ``small_kernel``.  A training loop builds it once; later calls do
+#: one dict lookup, the output allocations and the launch.
+_SMALL_PLANS: dict[tuple, tuple[torch.Tensor, dict[str, object]]] = {}
+
+
+def _small_plan(key: tuple) -> tuple[torch.Tensor, dict[str, object]]:
+    _, device, factors, need_grad, prec, out_value = key
     plan = (
         _bank_table(factors, device),
-        torch.float32 if dtype == torch.float64 else dtype,
-        d if dtype == torch.float64 else stride,  # float64 inputs are copied to float32 rows
         {"BN": SMALL_BN, "BD": SMALL_BD, "SQUARE": _squaring(factors), "HAS_GRAD": need_grad,
-         "DOT_PREC": prec, "num_warps": SMALL_WARPS},
+         "OUT_VALUE": out_value, "DOT_PREC": prec, "num_warps": SMALL_WARPS,
+         "num_stages": SMALL_STAGES},
     )
     if len(_SMALL_PLANS) >= 256:
         _SMALL_PLANS.clear()
@@ -258,20 +283,38 @@ def _small_plan(key: tuple) -> tuple[torch.Tensor, torch.dtype, int, dict[str, o
     return plan
 
 
-def _small(z: torch.Tensor, n: int, factors: tuple, rel: bool, weights: Sequence[float],
-           need_grad: bool) -> tuple:
-    """One ``small_kernel`` launch (N ≤ SMALL_BN): no memset, no packing, cached constants."""
-    shape, dtype, device = z.shape, z.dtype, z.device
-    key = (shape, z.stride(0), dtype, device, factors, rel, need_grad, dot_precision(dtype))
+def _takes_small(sources: Sequence[torch.Tensor], targets: Sequence[torch.Tensor],
+                 need_grad: bool) -> bool:
+    """One layer of at most SMALL_BN rows, on a target / precision where the kernel fits."""
+    if len(sources) != 1 or sources[0].shape[0] + targets[0].shape[0] > SMALL_BN:
+        return False
+    dtype = sources[0].dtype
+    return (target(sources[0].device), need_grad, dot_precision(dtype)) not in NO_SMALL
+
+
+def _unit_cols(x: torch.Tensor) -> torch.Tensor:
+    """``x`` itself (kernels read raw pointers: no detach needed), or a copy when its columns
+    are not adjacent in memory."""
+    return x if x.stride(1) == 1 else x.detach().contiguous()
+
+
+def _small(s: torch.Tensor, t: torch.Tensor, factors: tuple, rel: bool,
+           weights: Sequence[float], need_grad: bool, coef: torch.Tensor | None,
+           out: torch.Tensor) -> torch.Tensor | None:
+    """One ``small_kernel`` launch (n + m ≤ SMALL_BN) writing ``out``: the block sums, or with
+    ``coef`` the loss value.  Returns the (n + m, d) gradient in the input dtype, or None."""
+    s, t = _unit_cols(s), _unit_cols(t)
+    dtype, device = s.dtype, s.device
+    key = (dtype, device, factors, need_grad, dot_precision(dtype), coef is not None)
     plan = _SMALL_PLANS.get(key)
-    bank, gdt, stride, consts = plan if plan is not None else _small_plan(key)
-    sums = torch.empty(3, dtype=torch.float64, device=device)
-    grad = torch.empty(shape, dtype=gdt, device=device) if need_grad else sums
-    if dtype == torch.float64:
-        z = z.float()
-    K.small_kernel[(1,)](z, bank, grad, sums, shape[0], n, shape[1], stride, len(factors),
-                         int(rel), *weights, **consts)
-    return sums, grad
+    bank, consts = plan if plan is not None else _small_plan(key)
+    n, d = s.shape
+    N = n + t.shape[0]
+    grad = torch.empty((N, d), dtype=dtype, device=device) if need_grad else None
+    K.small_kernel[(1,)](s, t, bank, out if coef is None else coef,
+                         out if grad is None else grad, out, N, n, d, s.stride(0), t.stride(0),
+                         len(factors), int(rel), *weights, **consts)
+    return grad
 
 
 def _flash(z: torch.Tensor, n: int, factors: tuple, rel: bool, weights: Sequence[float],
@@ -330,19 +373,21 @@ def mmd_sweep(
             f"the triton backend handles at most {MAX_LAYERS} layers, got {num_layers}"
         )
     n = sources[0].shape[0]
-    # The kernels read one (N, d_l) array per layer: z_l = [source_l; target_l].
+    weights = tuple(float(w) for w in weights)
+    if _takes_small(sources, targets, need_grad):
+        sums = torch.empty(3, dtype=torch.float64, device=sources[0].device)
+        grad = _small(sources[0], targets[0], tuple(factors[0]), bool(relative[0]), weights,
+                      need_grad, None, sums)
+        return sums, [grad] if need_grad else []
+    # The other kernels read one packed (N, d_l) array per layer: z_l = [source_l; target_l].
     zs = [torch.cat((s.detach(), t.detach())) for s, t in zip(sources, targets)]
     z0 = zs[0]
     device, dtype, N = z0.device, z0.dtype, z0.shape[0]
-    weights = tuple(float(w) for w in weights)
     cdt, prec = _COMPUTE_DTYPE[dtype], dot_precision(dtype)
     tgt = target(device)
     if num_layers == 1:
         if z0.stride(1) != 1:
             z0 = z0.contiguous()
-        if N <= SMALL_BN and (tgt, need_grad, prec) not in NO_SMALL:
-            sums, grad = _small(z0, n, tuple(factors[0]), bool(relative[0]), weights, need_grad)
-            return sums, [_flat_grad(grad, dtype)] if need_grad else []
         d = z0.shape[1]
         flash = flash_config(tgt, need_grad, cdt, prec, flash_width(d)) if d <= FLASH_MAX_D \
             else None
@@ -386,3 +431,32 @@ def mmd_sweep(
         grads.append(_flat_grad(grad[:, col:col + d], dtype))
         col += dpad
     return sums, grads
+
+
+def mmd_loss(
+    sources: Sequence[torch.Tensor],
+    targets: Sequence[torch.Tensor],
+    factors: Sequence[Sequence[float]],
+    relative: Sequence[bool],
+    weights: Sequence[float],
+    const: float,
+    out_dtype: torch.dtype,
+    need_grad: bool,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The loss ``L = w_ss S_ss + 2 w_st S_st + w_tt S_tt + const`` and its unscaled gradients.
+
+    Same arguments as :func:`mmd_sweep` plus ``const`` and the dtype of the 0-dim value.  At
+    DA batch sizes (one layer, n + m ≤ SMALL_BN) this is one kernel launch that writes the
+    value itself (no concatenation, no combining ops); otherwise :func:`mmd_sweep` then one
+    float64 dot product on the device.  No host sync either way.
+    """
+    weights = tuple(float(w) for w in weights)
+    device = sources[0].device
+    coef = _coef_table(weights, float(const), device)
+    if _takes_small(sources, targets, need_grad):
+        value = torch.empty((), dtype=out_dtype, device=device)
+        grad = _small(sources[0], targets[0], tuple(factors[0]), bool(relative[0]), weights,
+                      need_grad, coef, value)
+        return value, [grad] if need_grad else []
+    sums, grads = mmd_sweep(sources, targets, factors, relative, weights, need_grad)
+    return (torch.dot(sums, coef[:3]) + coef[3]).to(out_dtype), grads

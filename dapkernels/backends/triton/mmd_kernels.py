@@ -3,8 +3,9 @@
 Three sweep kernels, picked by the host (``mmd.py``) per call:
 
 * ``small_kernel`` (one layer, N ≤ 64): one program does everything — the shifted Gram matrix
-  over d-chunks, distances, bandwidth, bank, block sums and gradient.  One launch, no memset:
-  at DA batch sizes the launch is the cost.
+  over d-chunks, distances, bandwidth, bank, block sums, the loss value and the gradient,
+  reading the source and target rows in place.  One launch, no memset, no copy: at DA batch
+  sizes the host work around the launches is the cost.
 * ``flash_kernel`` (one layer, d ≤ 256) after ``prep_kernel``: flash-attention structure.  A
   program keeps its B_M rows ``Y_I`` (all d columns) in registers and streams column blocks
   ``Y_J`` once each: ``D = ‖y_I‖² + ‖y_J‖² − 2 Y_I Y_Jᵀ`` and ``acc += C_IJ Y_J`` reuse the same
@@ -147,11 +148,18 @@ def _block_sums(kv, rows_i, rows_j, n, acc_src, acc_tgt):
 
 
 @triton.jit
-def _store_sums(sums_ptr, src_i, acc_src, acc_tgt, ATOMIC: tl.constexpr):
-    """``[S_ss, S_st, S_tt]`` from per-row sums; S_st is half the mixed pairs (s, t) and (t, s)."""
+def _sums(src_i, acc_src, acc_tgt):
+    """``S_ss, S_st, S_tt`` from per-row sums; S_st is half the mixed pairs (s, t) and (t, s)."""
     s_ss = tl.sum(tl.where(src_i, acc_src, 0.0), axis=0)
     s_tt = tl.sum(tl.where(src_i, 0.0, acc_tgt), axis=0)
     s_st = 0.5 * tl.sum(tl.where(src_i, acc_tgt, acc_src), axis=0)
+    return s_ss, s_st, s_tt
+
+
+@triton.jit
+def _store_sums(sums_ptr, src_i, acc_src, acc_tgt, ATOMIC: tl.constexpr):
+    """Writes (or atomically adds) ``[S_ss, S_st, S_tt]`` from per-row sums."""
+    s_ss, s_st, s_tt = _sums(src_i, acc_src, acc_tgt)
     if ATOMIC:
         tl.atomic_add(sums_ptr, s_ss)
         tl.atomic_add(sums_ptr + 1, s_st)
@@ -174,29 +182,40 @@ def _unit_weights(src_i, w_ss, w_st, w_tt, bank_ptr, inv):
 
 
 @triton.jit
-def small_kernel(
-    z_ptr, bank_ptr, grad_ptr, sums_ptr,
-    N, n, d, stride_z, q_count, relative, w_ss, w_st, w_tt,
-    BN: tl.constexpr, BD: tl.constexpr, SQUARE: tl.constexpr, HAS_GRAD: tl.constexpr,
-    DOT_PREC: tl.constexpr,
-):
-    """The whole sweep for one layer ``z`` (N ≤ BN, d) in one program (grid ``(1,)``).
+def _row_starts(s_ptr, t_ptr, rows, n, stride_s, stride_t):
+    """Pointers to the rows of the batch ``[source; target]`` read in place: row i < n of
+    ``s``, row i − n of ``t`` for i ≥ n (one gather per tile instead of two masked loads)."""
+    return tl.where(rows < n, s_ptr + rows * stride_s, t_ptr + (rows - n) * stride_t)
 
-    ``G = Y Yᵀ`` with ``y_i = z_i − z_0`` (tl.dot over BD-chunks), ``D_ij = G_ii + G_jj − 2 G_ij``
-    (exactly 0 on the diagonal), the bandwidth from ``mean(D)``, then the bank.  Stores
-    ``sums = [S_ss, S_st, S_tt]`` (float64) and, with HAS_GRAD,
-    ``grad = 4 [rowsum(C) y − C Y]`` (N, d) with ``C = W ∘ K′(D)``.  Everything is float32.
+
+@triton.jit
+def small_kernel(
+    s_ptr, t_ptr, bank_ptr, coef_ptr, grad_ptr, out_ptr,
+    N, n, d, stride_s, stride_t, q_count, relative, w_ss, w_st, w_tt,
+    BN: tl.constexpr, BD: tl.constexpr, SQUARE: tl.constexpr, HAS_GRAD: tl.constexpr,
+    OUT_VALUE: tl.constexpr, DOT_PREC: tl.constexpr,
+):
+    """The whole loss for one layer, ``[s; t]`` (N = n + m ≤ BN rows, d), in one program.
+
+    ``G = Y Yᵀ`` with ``y_i = z_i − s_0`` (tl.dot over BD-chunks), ``D_ij = G_ii + G_jj − 2 G_ij``
+    (exactly 0 on the diagonal), the bandwidth from ``mean(D)``, then the bank.  The source and
+    target rows are read where they are (no concatenated copy).  Writes, in float64 arithmetic,
+    ``out = [S_ss, S_st, S_tt]`` or with OUT_VALUE the loss itself,
+    ``out = coef · [S_ss, S_st, S_tt] + coef[3]`` (``coef`` float64 ``[w_ss, 2 w_st, w_tt, c]``)
+    in ``out``'s dtype; with HAS_GRAD ``grad = 4 [rowsum(C) y − C Y]`` (N, d) with
+    ``C = W ∘ K′(D)``, in ``grad``'s dtype.  Distances and the bank are float32.
     """
     rows = tl.arange(0, BN)
     rmask = rows < N
     src = rows < n
     cols = tl.arange(0, BD)
+    starts = _row_starts(s_ptr, t_ptr, rows, n, stride_s, stride_t)
     gram = tl.zeros([BN, BN], dtype=tl.float32)
     for c0 in range(0, d, BD):
         cmask = (c0 + cols) < d
         m2 = rmask[:, None] & cmask[None, :]
-        z0 = tl.load(z_ptr + c0 + cols, mask=cmask, other=0.0).to(tl.float32)
-        z = tl.load(z_ptr + rows[:, None] * stride_z + c0 + cols[None, :], mask=m2, other=0.0)
+        z0 = tl.load(s_ptr + c0 + cols, mask=cmask, other=0.0).to(tl.float32)
+        z = tl.load(starts[:, None] + c0 + cols[None, :], mask=m2, other=0.0)
         y = tl.where(m2, z.to(tl.float32) - z0[None, :], 0.0)
         gram = tl.dot(y, tl.trans(y), gram, input_precision=DOT_PREC)
     eye = rows[:, None] == rows[None, :]
@@ -210,7 +229,13 @@ def small_kernel(
     acc_src = tl.zeros([BN], dtype=tl.float64)
     acc_tgt = tl.zeros([BN], dtype=tl.float64)
     acc_src, acc_tgt = _block_sums(k, rows, rows, n, acc_src, acc_tgt)
-    _store_sums(sums_ptr, src, acc_src, acc_tgt, False)
+    if OUT_VALUE:
+        s_ss, s_st, s_tt = _sums(src, acc_src, acc_tgt)
+        value = (tl.load(coef_ptr) * s_ss + tl.load(coef_ptr + 1) * s_st
+                 + tl.load(coef_ptr + 2) * s_tt + tl.load(coef_ptr + 3))
+        tl.store(out_ptr, value.to(out_ptr.dtype.element_ty))
+    else:
+        _store_sums(out_ptr, src, acc_src, acc_tgt, False)
     if HAS_GRAD:
         w = tl.where(src[:, None] == src[None, :], tl.where(src, w_ss, w_tt)[:, None], w_st)
         c = w * slope
@@ -218,8 +243,8 @@ def small_kernel(
         for c0 in range(0, d, BD):
             cmask = (c0 + cols) < d
             m2 = rmask[:, None] & cmask[None, :]
-            z0 = tl.load(z_ptr + c0 + cols, mask=cmask, other=0.0).to(tl.float32)
-            z = tl.load(z_ptr + rows[:, None] * stride_z + c0 + cols[None, :], mask=m2, other=0.0)
+            z0 = tl.load(s_ptr + c0 + cols, mask=cmask, other=0.0).to(tl.float32)
+            z = tl.load(starts[:, None] + c0 + cols[None, :], mask=m2, other=0.0)
             y = tl.where(m2, z.to(tl.float32) - z0[None, :], 0.0)
             g = 4.0 * (rowsum[:, None] * y - tl.dot(c, y, input_precision=DOT_PREC))
             tl.store(grad_ptr + rows[:, None] * d + c0 + cols[None, :],
