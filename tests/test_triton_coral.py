@@ -8,6 +8,7 @@ compiled kernels on CUDA tensors.  Bars: value ≤ 1e-5 relative, gradients
 
 from __future__ import annotations
 
+import importlib
 import os
 
 import pytest
@@ -19,8 +20,11 @@ pytest.importorskip("triton")
 import dapkernels as dk  # noqa: E402
 from dapkernels.backends import get, reference  # noqa: E402
 
+from .launches import record_launches  # noqa: E402
+
 DEVICE = "cuda" if ON_GPU else "cpu"
 TRITON = get("triton")
+TCORAL = importlib.import_module("dapkernels.backends.triton.coral")
 
 
 def _draw(ns: int, nt: int, d: int, offset: float, seed: int) -> tuple:
@@ -40,7 +44,10 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     [(2, 2, 1, 0.0), (5, 9, 40, 3.0), (17, 6, 300, 1e4), (30, 34, 70, 1e4), (31, 33, 1000, 0.5)],
 )
 @pytest.mark.parametrize("need_grad", [True, False])
-def test_coral_sweep_matches_reference(ns, nt, d, offset, need_grad):
+@pytest.mark.parametrize("route", ["one program", "split columns"])
+def test_coral_sweep_matches_reference(monkeypatch, ns, nt, d, offset, need_grad, route):
+    if route == "split columns":  # the path of d > SMALL_MAX_D, on the same shapes
+        monkeypatch.setattr(TCORAL, "SMALL_MAX_D", 0)
     xs, xt = _draw(ns, nt, d, offset, ns + d)
     xs, xt = xs.float(), xt.float()
     value, grads = TRITON.coral_sweep(xs.to(DEVICE), xt.to(DEVICE), need_grad, "gram")
@@ -57,7 +64,10 @@ def test_coral_sweep_matches_reference(ns, nt, d, offset, need_grad):
 @pytest.mark.parametrize(
     "dtype", [torch.float16, torch.float64] + ([torch.bfloat16] if ON_GPU else [])
 )
-def test_other_dtypes(dtype):
+@pytest.mark.parametrize("route", ["one program", "split columns"])
+def test_other_dtypes(monkeypatch, dtype, route):
+    if route == "split columns":
+        monkeypatch.setattr(TCORAL, "SMALL_MAX_D", 0)
     xs, xt = _draw(12, 20, 130, 0.2, 7)
     xs, xt = xs.to(dtype), xt.to(dtype)
     value, (gs, gt) = TRITON.coral_sweep(xs.to(DEVICE), xt.to(DEVICE), True, "gram")
@@ -74,6 +84,36 @@ def test_rows_beyond_the_gram_tile_use_the_reference_formula():
     ref, ref_grads = reference.coral_sweep(xs.float().double(), xt.float().double(), True, "cov")
     assert abs(float(value) - float(ref)) <= 1e-5 * float(ref)
     assert all(_rel(g, r) <= 1e-4 for g, r in zip(grads, ref_grads))
+
+
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("d", [300, 2049])  # one program; past SMALL_MAX_D
+def test_coral_loss_in_the_requested_dtype(d, out_dtype):
+    """``coral_loss``: the value in ``out_dtype`` on either route; strided inputs read in place."""
+    xs, xt = _draw(20, 25, d + 3, 2.0, d)
+    a, b = xs.float()[:, 3:], xt.float()[:, :d]
+    value, grads = TRITON.coral_loss(a.to(DEVICE), b.to(DEVICE), True, "gram", out_dtype)
+    ref, ref_grads = reference.coral_sweep(a.double(), b.double(), True, "cov")
+    assert value.shape == () and value.dtype == out_dtype and value.device.type == DEVICE
+    assert abs(float(value) - float(ref)) <= 1e-5 * float(ref)
+    assert all(_rel(g, r) <= 1e-4 for g, r in zip(grads, ref_grads))
+
+
+def test_small_batch_coral_is_one_launch(monkeypatch):
+    """At DA batch sizes the forward is one launch plus output allocations (no memset, no copy,
+    no dtype conversion: each would be another launch on a GPU)."""
+    from dapkernels.backends.triton import coral_kernels
+
+    xs, xt = _draw(32, 32, 2048, 0.5, 11)
+    a, b = xs.float().to(DEVICE), xt.float().to(DEVICE)
+    names = ["coral_small_kernel", "coral_gram_kernel", "coral_grad_kernel"]
+    with record_launches(monkeypatch, coral_kernels, names) as record:
+        value, (gs, gt) = TRITON.coral_loss(a, b, True, "gram", torch.float32)
+    assert record.launches == ["coral_small_kernel"]
+    assert record.ops and set(record.ops) <= {"empty.memory_format"}, record.ops
+    ref, (rs, rt) = reference.coral_sweep(a.cpu().double(), b.cpu().double(), True, "cov")
+    assert abs(float(value) - float(ref)) <= 1e-5 * float(ref)
+    assert _rel(gs, rs) <= 1e-4 and _rel(gt, rt) <= 1e-4
 
 
 def test_coral_through_the_op():

@@ -23,6 +23,8 @@ pytest.importorskip("triton")
 import dapkernels as dk  # noqa: E402
 from dapkernels.backends import get, reference  # noqa: E402
 
+from .launches import record_launches  # noqa: E402
+
 DEVICE = "cuda" if ON_GPU else "cpu"
 ALPHAS = [2.0**i for i in range(-3, 2)]
 TRITON = get("triton")
@@ -236,51 +238,21 @@ def test_mmd_loss_value_and_gradient(n, m, d, dtype, out_dtype):
     assert float((g.cpu().double() - ref_grad).norm()) <= 1e-4 * float(ref_grad.norm())
 
 
-class _OpRecorder(torch.utils._python_dispatch.TorchDispatchMode):
-    """Records the aten ops dispatched outside kernel launches (``paused`` while one runs)."""
-
-    def __init__(self):
-        super().__init__()
-        self.ops: list[str] = []
-        self.paused = False
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if not self.paused:
-            self.ops.append(func.__name__)
-        return func(*args, **(kwargs or {}))
-
-
 def test_small_batch_loss_is_one_launch_and_no_other_device_op(monkeypatch):
     """At DA batch sizes the forward is one kernel launch plus output allocations: no copy of
     the inputs, no memset, no ops combining the sums (each would be a launch on a GPU)."""
     from dapkernels.backends.triton import mmd_kernels
 
-    recorder = _OpRecorder()
-    launches: list = []
-
-    class _Launch:
-        def __getitem__(self, grid):
-            def launch(*args, **kwargs):
-                launches.append(grid)
-                recorder.paused = True
-                try:
-                    real[grid](*args, **kwargs)
-                finally:
-                    recorder.paused = False
-            return launch
-
-    real = mmd_kernels.small_kernel
-    monkeypatch.setattr(mmd_kernels, "small_kernel", _Launch())
     s = torch.randn(32, 256, device=DEVICE)
     t = torch.randn(32, 256, device=DEVICE) + 0.3
     weights = UNBIASED(32, 32)
     TRITON.mmd_loss([s], [t], [ALPHAS], [True], weights, 0.0, torch.float32, True)  # plan cache
-    launches.clear()
-    with recorder:
+    names = ["small_kernel", "flash_kernel", "prep_kernel", "sweep_kernel"]
+    with record_launches(monkeypatch, mmd_kernels, names) as record:
         value, (grad,) = TRITON.mmd_loss([s], [t], [ALPHAS], [True], weights, 0.0,
                                          torch.float32, True)
-    assert launches == [(1,)]
-    assert recorder.ops and set(recorder.ops) <= {"empty.memory_format"}, recorder.ops
+    assert record.launches == ["small_kernel"]
+    assert record.ops and set(record.ops) <= {"empty.memory_format"}, record.ops
     ref, scale, ref_grad = _reference_loss(s, t, ALPHAS, weights, 0.0)
     assert abs(float(value) - ref) <= 1e-5 * scale
     assert float((grad.cpu().double() - ref_grad).norm()) <= 1e-4 * float(ref_grad.norm())

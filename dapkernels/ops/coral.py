@@ -27,9 +27,12 @@ def _module(backend: str) -> ModuleType:
 def _sweep(xs: torch.Tensor, xt: torch.Tensor, need_grad: bool, backend: str) -> tuple:
     if backend == "cpu":
         return _module(backend).coral_sweep(xs, xt, need_grad)
-    # reference / fallback: the Gram formula when it is cheaper, so d×d is never built for n ≪ d
-    path = "gram" if xs.shape[0] + xt.shape[0] < xs.shape[1] else "cov"
-    return _module(backend).coral_sweep(xs, xt, need_grad, path)
+    return _module(backend).coral_sweep(xs, xt, need_grad, _path(xs, xt))
+
+
+def _path(xs: torch.Tensor, xt: torch.Tensor) -> str:
+    """The Gram formula when it is cheaper, so d×d is never built for n ≪ d."""
+    return "gram" if xs.shape[0] + xt.shape[0] < xs.shape[1] else "cov"
 
 
 class _CoralFunction(torch.autograd.Function):
@@ -42,7 +45,11 @@ class _CoralFunction(torch.autograd.Function):
             value, grads = _module(backend).coral_sweep_float(xs, xt, need_grad)
             ctx.save_for_backward(*grads)
             return torch.scalar_tensor(value, dtype=out_dtype)
-        value, grads = _sweep(xs, xt, need_grad, backend)
+        module = _module(backend)
+        if hasattr(module, "coral_loss"):  # the value in out_dtype straight from the kernel
+            value, grads = module.coral_loss(xs, xt, need_grad, _path(xs, xt), out_dtype)
+        else:
+            value, grads = _sweep(xs, xt, need_grad, backend)
         ctx.save_for_backward(*grads)
         return value.to(device=xs.device, dtype=out_dtype)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import triton  # noqa: F401  (ImportError here marks the backend unavailable)
 
-from .coral import coral_sweep
+from .coral import coral_loss, coral_sweep
 from .mmd import mmd_loss, mmd_sweep
 
-__all__ = ["coral_sweep", "mmd_loss", "mmd_sweep"]
+__all__ = ["coral_loss", "coral_sweep", "mmd_loss", "mmd_sweep"]

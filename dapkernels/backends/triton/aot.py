@@ -113,7 +113,7 @@ def shipped_jobs(archs: list[int]) -> list[Job]:
                                 ("B_M", cfg.B_M), ("B_N", cfg.B_N), ("BD", cfg.BD), ("DG", dg),
                                 ("HAS_GRAD", grad), ("ONE_LAYER", one_layer), ("DOT_PREC", prec)),
                                 cfg.num_warps, cfg.num_stages, arch))
-        jobs += [Job(k, dt, c, w, st, arch) for k, dt, c, w, st in coral_jobs()]
+        jobs += [Job(k, dt, c, w, st, arch) for k, dt, c, w, st in coral_jobs(arch)]
     return jobs
 
 

@@ -1,9 +1,15 @@
 """Host side of the Triton CORAL Gram path: launch configuration and the backend entry point.
 
-The contract is ``backends.reference.coral_sweep``.  Per call: one memset of the N × N Gram
-buffer, ``coral_gram_kernel``, ``coral_grad_kernel``; no host sync.  Shapes the Gram kernels do
-not cover (N = n_s + n_t > MAX_ROWS = 64 rows, or the d × d path when N ≥ d) run the reference torch
-formula on the same device.
+The contract is ``backends.reference.coral_sweep``, plus ``coral_loss`` (the value in the
+caller's dtype, which the ops layer prefers).  Per call, no host sync, one of:
+
+* d ≤ SMALL_MAX_D: one ``coral_small_kernel`` launch (no memset, inputs read in place in their
+  own dtype, value and gradients written in theirs);
+* wider: one memset of the N × N Gram buffer, ``coral_gram_kernel``, ``coral_grad_kernel``.
+
+Shapes the Gram kernels do not cover (N = n_s + n_t > MAX_ROWS = 64 rows, or the d × d path
+when N ≥ d) run the reference torch formula on the same device: two GEMMs with a materialised
+N × N (or d × d) product, which cuBLAS does well at those sizes.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import triton
 
 from .. import reference
 from . import coral_kernels as K
-from .mmd import dot_precision
+from .mmd import dot_precision, target
 
 #: most rows (n_s + n_t) of the Gram path: the N × N Gram tile lives in registers.  A 128-row
 #: tile spills on sm_80 and sm_90 even on 16 warps (``python -m dapkernels.backends.triton.aot``),
@@ -26,18 +32,27 @@ _WARPS = 8
 _STAGES = 1
 #: programs per kernel: the feature dimension is split into at most this many column ranges.
 _MAX_PROGRAMS = 128
+#: widest features of the one-program kernel.  Its two passes over 64 × d inputs run on one
+#: SM; past this width the two-kernel path spreads the columns over the GPU.
+SMALL_MAX_D = 2048
+#: (target, has_grad, tl.dot precision) where ``coral_small_kernel`` spills (3×TF32 with the
+#: gradient on sm_80, for every warp / stage count tried): those calls take the two kernels.
+NO_SMALL = frozenset({(80, True, "tf32x3")})
 
 
-def coral_jobs() -> list[tuple[str, str, tuple, int, int]]:
-    """Shipped ``(kernel, dtype, constexprs, num_warps, num_stages)`` for the AOT table."""
+def coral_jobs(arch: int) -> list[tuple[str, str, tuple, int, int]]:
+    """Shipped ``(kernel, dtype, constexprs, num_warps, num_stages)`` for target ``arch``."""
     jobs = []
     for dtype in ("float32", "float64", "float16", "bfloat16"):
-        for prec in ("tf32", "tf32x3"):
+        # half inputs always multiply natively (``dot_precision``): no 3×TF32 variant
+        for prec in ("tf32", "tf32x3") if dtype in ("float32", "float64") else ("tf32",):
             base = (("BN", MAX_ROWS), ("BD", _BD))
             jobs.append(("coral_gram_kernel", dtype, base + (("DOT_PREC", prec),), _WARPS, _STAGES))
             for grad in (True, False):
-                jobs.append(("coral_grad_kernel", dtype,
-                             base + (("HAS_GRAD", grad), ("DOT_PREC", prec)), _WARPS, _STAGES))
+                flags = base + (("HAS_GRAD", grad), ("DOT_PREC", prec))
+                jobs.append(("coral_grad_kernel", dtype, flags, _WARPS, _STAGES))
+                if (arch, grad, prec) not in NO_SMALL:
+                    jobs.append(("coral_small_kernel", dtype, flags, _WARPS, _STAGES))
     return jobs
 
 
@@ -48,37 +63,39 @@ def coral_signature(kernel: str, x_type: str) -> dict[str, str]:
             "cols_per_prog": "i32"}
     if kernel == "coral_gram_kernel":
         return {"xs_ptr": x, "xt_ptr": x, "g_ptr": "*fp32", **tail}
+    if kernel == "coral_small_kernel":
+        del tail["cols_per_prog"]
+        value = "*fp64" if x_type == "fp64" else "*fp32"  # the ops' output dtype
+        return {"xs_ptr": x, "xt_ptr": x, "value_ptr": value, "gs_ptr": x, "gt_ptr": x, **tail}
     return {"xs_ptr": x, "xt_ptr": x, "g_ptr": "*fp32", "value_ptr": "*fp64", "gs_ptr": x,
             "gt_ptr": x, **tail}
 
 
-def coral_sweep(
-    xs: torch.Tensor, xt: torch.Tensor, need_grad: bool, path: str = "gram"
-) -> tuple:
-    """Triton implementation of :func:`dapkernels.backends.reference.coral_sweep`.
+def _unit_cols(x: torch.Tensor) -> torch.Tensor:
+    return x if x.stride(1) == 1 else x.detach().contiguous()
 
-    Args:
-        xs: (n_s, d) source features, xt: (n_t, d) target features, n_s, n_t ≥ 2, one device.
-        need_grad: whether to return gradients.
-        path: ``"gram"`` runs the kernels when n_s + n_t ≤ MAX_ROWS; ``"cov"`` (or more rows) runs
-            the reference formula on the device.
 
-    Returns:
-        ``(value, grads)``: float64 0-dim device tensor and ``[∂L/∂xs, ∂L/∂xt]`` in the input
-        dtype (float32 accumulation; float64 inputs are computed in float32), or ``[]``.
-    """
+def _small(xs: torch.Tensor, xt: torch.Tensor, need_grad: bool,
+           value: torch.Tensor) -> list[torch.Tensor]:
+    """One ``coral_small_kernel`` launch writing ``value``; returns ``[gs, gt]`` or ``[]``."""
+    xs, xt = _unit_cols(xs), _unit_cols(xt)
+    ns, d = xs.shape
+    grads = [torch.empty((ns, d), dtype=xs.dtype, device=xs.device),
+             torch.empty(xt.shape, dtype=xt.dtype, device=xt.device)] if need_grad else []
+    gs, gt = grads if need_grad else (value, value)
+    K.coral_small_kernel[(1,)](
+        xs, xt, value, gs, gt, ns, xt.shape[0], d, xs.stride(0), xt.stride(0),
+        BN=MAX_ROWS, BD=_BD, HAS_GRAD=need_grad, DOT_PREC=dot_precision(xs.dtype),
+        num_warps=_WARPS, num_stages=_STAGES,
+    )
+    return grads
+
+
+def _split_columns(xs: torch.Tensor, xt: torch.Tensor, need_grad: bool) -> tuple:
+    """The two-kernel path (any d): float64 value, gradients in the input dtype."""
+    xs, xt = _unit_cols(xs), _unit_cols(xt)
     ns, d = xs.shape
     nt = xt.shape[0]
-    if path != "gram" or ns + nt > MAX_ROWS:
-        return reference.coral_sweep(xs, xt, need_grad, path)
-    dtype = xs.dtype
-    xs, xt = xs.detach(), xt.detach()
-    if dtype == torch.float64:
-        xs, xt = xs.float(), xt.float()
-    if xs.stride(1) != 1:
-        xs = xs.contiguous()
-    if xt.stride(1) != 1:
-        xt = xt.contiguous()
     bn = MAX_ROWS
     prec = dot_precision(xs.dtype)
     cols_per_prog = triton.cdiv(triton.cdiv(d, _MAX_PROGRAMS), _BD) * _BD
@@ -95,6 +112,48 @@ def coral_sweep(
         xs, xt, gram, value, gs, gt, ns, nt, d, xs.stride(0), xt.stride(0), cols_per_prog,
         BN=bn, BD=_BD, HAS_GRAD=need_grad, DOT_PREC=prec, num_warps=_WARPS, num_stages=_STAGES,
     )
-    if not need_grad:
-        return value, []
-    return value, [gs.to(dtype), gt.to(dtype)]
+    return value, [gs, gt] if need_grad else []
+
+
+def _takes_kernels(xs: torch.Tensor, xt: torch.Tensor, path: str) -> bool:
+    return path == "gram" and xs.shape[0] + xt.shape[0] <= MAX_ROWS
+
+
+def _takes_small(xs: torch.Tensor, need_grad: bool) -> bool:
+    return xs.shape[1] <= SMALL_MAX_D and (
+        target(xs.device), need_grad, dot_precision(xs.dtype)) not in NO_SMALL
+
+
+def coral_sweep(
+    xs: torch.Tensor, xt: torch.Tensor, need_grad: bool, path: str = "gram"
+) -> tuple:
+    """Triton implementation of :func:`dapkernels.backends.reference.coral_sweep`.
+
+    Args:
+        xs: (n_s, d) source features, xt: (n_t, d) target features, n_s, n_t ≥ 2, one device.
+        need_grad: whether to return gradients.
+        path: ``"gram"`` runs the kernels when n_s + n_t ≤ MAX_ROWS; ``"cov"`` (or more rows) runs
+            the reference formula on the device.
+
+    Returns:
+        ``(value, grads)``: float64 0-dim device tensor and ``[∂L/∂xs, ∂L/∂xt]`` in the input
+        dtype (float32 accumulation in the kernels), or ``[]``.
+    """
+    if not _takes_kernels(xs, xt, path):
+        return reference.coral_sweep(xs, xt, need_grad, path)
+    if _takes_small(xs, need_grad):
+        value = torch.empty((), dtype=torch.float64, device=xs.device)
+        return value, _small(xs, xt, need_grad, value)
+    return _split_columns(xs, xt, need_grad)
+
+
+def coral_loss(
+    xs: torch.Tensor, xt: torch.Tensor, need_grad: bool, path: str, out_dtype: torch.dtype
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """:func:`coral_sweep` with the 0-dim value in ``out_dtype``: at DA batch sizes one launch
+    that writes it (no conversion op)."""
+    if _takes_kernels(xs, xt, path) and _takes_small(xs, need_grad):
+        value = torch.empty((), dtype=out_dtype, device=xs.device)
+        return value, _small(xs, xt, need_grad, value)
+    value, grads = coral_sweep(xs, xt, need_grad, path)
+    return value.to(out_dtype), grads
