@@ -56,8 +56,9 @@ UNBIASED = lambda n, m: (1.0 / (n * (n - 1)), -1.0 / (n * m), 1.0 / (m * (m - 1)
 
 @pytest.mark.parametrize(
     "n,m,d",
-    # one program (N ≤ 64), flash (d ≤ 256), general sweep (d > 256)
-    [(5, 7, 3), (2, 2, 1), (9, 14, 1000), (70, 80, 1), (33, 40, 127), (40, 31, 300)],
+    # one program (N ≤ 64), flash (d ≤ 256), d > 256: wide (gradient) or sweep (value only)
+    [(5, 7, 3), (2, 2, 1), (9, 14, 1000), (70, 80, 1), (33, 40, 127), (40, 31, 300),
+     (150, 77, 1000)],
 )
 @pytest.mark.parametrize("need_grad", [True, False])
 def test_mmd_sweep_matches_reference(n, m, d, need_grad):
@@ -110,8 +111,8 @@ def test_identical_rows_use_unit_bandwidth():
 @pytest.mark.parametrize("dtype", [torch.float16] + ([torch.bfloat16] if ON_GPU else []))
 def test_half_precision_inputs(dtype):
     torch.manual_seed(3)
-    for n, m in ((30, 41), (12, 9)):  # flash and one-program paths
-        z = torch.cat([torch.randn(n, 127) + 0.3, torch.randn(m, 127)])
+    for n, m, d in ((30, 41, 127), (12, 9, 127), (30, 41, 300)):  # flash, one program, wide
+        z = torch.cat([torch.randn(n, d) + 0.3, torch.randn(m, d)])
         value_err, grad_errs = _sweep_errors([z], n, [ALPHAS], [True], UNBIASED(n, m), True, dtype)
         assert value_err <= 1e-2 and grad_errs[0] <= 1e-2
 
@@ -131,14 +132,16 @@ class _Spy:
     "target,precision,rows,d,need_grad,kernel",
     [
         (90, "highest", 64, 100, True, "small_kernel"),
-        (80, "highest", 64, 100, True, "sweep_kernel"),  # NO_SMALL, no 3xTF32 flash at DP 128
+        (80, "highest", 64, 100, True, "wide_kernel"),  # NO_SMALL, no 3xTF32 flash at DP 128
         (80, "highest", 64, 40, True, "flash_kernel"),
         (80, "high", 90, 100, True, "flash_kernel"),
         (80, "high", 90, 200, True, "flash_kernel"),
-        (90, "highest", 90, 200, True, "sweep_kernel"),  # no 3xTF32 flash with gradient at DP 256
-        (80, "high", 90, 300, True, "sweep_kernel"),  # d > 256
+        (90, "highest", 90, 200, True, "wide_kernel"),  # no 3xTF32 flash with gradient at DP 256
+        (80, "high", 90, 300, True, "wide_kernel"),  # d > 256
+        (90, "high", 300, 1000, True, "wide_kernel"),  # several row blocks and column splits
         (90, "highest", 90, 100, False, "flash_kernel"),
         (80, "highest", 90, 100, False, "sweep_kernel"),
+        (80, "high", 90, 300, False, "sweep_kernel"),  # no gradient: upper-triangle tiles
     ],
 )
 def test_routes_of_each_target_table(monkeypatch, target, precision, rows, d, need_grad, kernel):
@@ -147,7 +150,7 @@ def test_routes_of_each_target_table(monkeypatch, target, precision, rows, d, ne
     from dapkernels.backends.triton import mmd_kernels
 
     seen: list = []
-    for name in ("small_kernel", "flash_kernel", "sweep_kernel"):
+    for name in ("small_kernel", "flash_kernel", "sweep_kernel", "wide_kernel"):
         monkeypatch.setattr(mmd_kernels, name, _Spy(getattr(mmd_kernels, name), name, seen))
     monkeypatch.setitem(tmmd._TARGET, torch.empty(0, device=DEVICE).device, target)
     before = torch.get_float32_matmul_precision()
@@ -247,7 +250,8 @@ def test_small_batch_loss_is_one_launch_and_no_other_device_op(monkeypatch):
     t = torch.randn(32, 256, device=DEVICE) + 0.3
     weights = UNBIASED(32, 32)
     TRITON.mmd_loss([s], [t], [ALPHAS], [True], weights, 0.0, torch.float32, True)  # plan cache
-    names = ["small_kernel", "flash_kernel", "prep_kernel", "sweep_kernel"]
+    names = ["small_kernel", "flash_kernel", "prep_kernel", "sweep_kernel", "wide_kernel",
+             "finish_kernel"]
     with record_launches(monkeypatch, mmd_kernels, names) as record:
         value, (grad,) = TRITON.mmd_loss([s], [t], [ALPHAS], [True], weights, 0.0,
                                          torch.float32, True)

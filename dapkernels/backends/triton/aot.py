@@ -66,6 +66,8 @@ def shipped_jobs(archs: list[int]) -> list[Job]:
     """
     from .coral import coral_jobs
     from .mmd import (
+        _FINISH_BLOCK_C,
+        _FINISH_BLOCK_R,
         _PREP_BLOCK_C,
         _PREP_BLOCK_R,
         CONFIGS,
@@ -76,6 +78,8 @@ def shipped_jobs(archs: list[int]) -> list[Job]:
         SMALL_BN,
         SMALL_STAGES,
         SMALL_WARPS,
+        WIDE_CONFIGS,
+        WIDE_DG,
     )
 
     jobs: list[Job] = []
@@ -104,15 +108,24 @@ def shipped_jobs(archs: list[int]) -> list[Job]:
                                 ("B_M", cfg.B_M), ("B_N", cfg.B_N), ("DP", dp), ("SQUARE", square),
                                 ("HAS_GRAD", grad), ("DOT_PREC", prec)),
                                 cfg.num_warps, cfg.num_stages, arch))
+                    if grad:  # one layer with the gradient: wide_kernel, per bank kind
+                        cfg = WIDE_CONFIGS[arch][(half, x3)]
+                        for square in (True, False):
+                            jobs.append(Job("wide_kernel", dtype, (
+                                ("B_M", cfg.B_M), ("B_N", cfg.B_N), ("BD", cfg.BD),
+                                ("DG", WIDE_DG), ("SQUARE", square), ("DOT_PREC", prec)),
+                                cfg.num_warps, cfg.num_stages, arch))
                     cfg = CONFIGS[arch][(grad, half, x3)]
-                    for one_layer in (True, False):
-                        groups = [g for g in (32, 64, 128)
-                                  if cfg.BD <= g <= MAX_GROUP[(one_layer, x3)]]
+                    # sweep_kernel: JMMD, and one layer without the gradient
+                    for one_layer in (False, True) if not grad else (False,):
+                        groups = [g for g in (32, 64, 128) if cfg.BD <= g <= MAX_GROUP[x3]]
                         for dg in groups if grad else [cfg.BD]:
                             jobs.append(Job("sweep_kernel", dtype, (
                                 ("B_M", cfg.B_M), ("B_N", cfg.B_N), ("BD", cfg.BD), ("DG", dg),
                                 ("HAS_GRAD", grad), ("ONE_LAYER", one_layer), ("DOT_PREC", prec)),
                                 cfg.num_warps, cfg.num_stages, arch))
+            jobs.append(Job("finish_kernel", dtype, (("BLOCK_R", _FINISH_BLOCK_R),
+                                                     ("BLOCK_C", _FINISH_BLOCK_C)), 4, 1, arch))
         jobs += [Job(k, dt, c, w, st, arch) for k, dt, c, w, st in coral_jobs(arch)]
     return jobs
 
@@ -176,6 +189,17 @@ def _signature(job: Job) -> dict[str, str]:
                 "coef_ptr": "*fp64", "grad_ptr": "*" + z_in, "out_ptr": "*" + out, "N": "i32",
                 "n": "i32", "d": "i32", "stride_s": "i32", "stride_t": "i32", "q_count": "i32",
                 "relative": "i32", **weights, **const}
+    if job.kernel == "wide_kernel":
+        return {"zp_ptr": "*" + packed, "sq_ptr": "*fp32", "stats_ptr": "*fp64",
+                "bank_ptr": "*fp32", "acc_ptr": "*fp32", "rowsum_ptr": "*fp32",
+                "sums_ptr": "*fp64", "N": "i32", "n": "i32", "d": "i32", "dpad": "i32",
+                "stride_p": "i32", "q_count": "i32", "relative": "i32", **weights,
+                "cols_per_split": "i32", **const}
+    if job.kernel == "finish_kernel":
+        return {"zp_ptr": "*" + packed, "acc_ptr": "*fp32", "rowsum_ptr": "*fp32",
+                "stats_ptr": "*fp64", "bank_ptr": "*fp32", "grad_ptr": "*" + grad, "N": "i32",
+                "n": "i32", "d": "i32", "dpad": "i32", "stride_p": "i32", "relative": "i32",
+                **weights, **const}
     if job.kernel == "flash_kernel":
         return {"zp_ptr": "*" + packed, "sq_ptr": "*fp32", "stats_ptr": "*fp64",
                 "bank_ptr": "*fp32", "grad_ptr": "*" + grad, "sums_ptr": "*fp64", "N": "i32",
@@ -204,7 +228,8 @@ def compile_job(job: Job) -> dict[str, object]:
     # Mirror the launcher's specialisation: pointers and packed row strides are 16-aligned
     # (the launcher specialises on it; float64 → float32 packing keeps it).
     aligned = [i for i, (name, ty) in enumerate(sig.items())
-               if ty.startswith("*") or name in ("stride_p", "stride_g")]
+               if ty.startswith("*") or name in ("stride_p", "stride_g", "dpad",
+                                                  "cols_per_split")]
     src = ASTSource(fn, sig, constexprs=dict(job.constexprs),
                     attrs={(i,): [["tt.divisibility", 16]] for i in aligned})
     triton.knobs.nvidia.dump_ptxas_log = True

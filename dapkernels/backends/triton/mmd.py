@@ -10,11 +10,12 @@ as a device tensor.  Per call, one of:
   ``NO_SMALL`` says it spills;
 * one layer, d ≤ 256 where the device's table has a flash configuration (see
   ``FLASH_CONFIGS``): one memset, ``prep_kernel``, ``flash_kernel``;
-* otherwise (JMMD, wide layers, float32 gradients at d > 128): one memset, ``prep_kernel`` per
-  layer, ``sweep_kernel``.
+* other single layers with the gradient (d > 256, or no flash configuration): two memsets,
+  ``prep_kernel``, ``wide_kernel`` (every distance tile once, over all d), ``finish_kernel``;
+* otherwise (JMMD, or no gradient): one memset, ``prep_kernel`` per layer, ``sweep_kernel``.
 
-The last two concatenate each layer's source and target blocks on the device first (one copy
-per layer, small next to the sweep).
+All but the first concatenate each layer's source and target blocks on the device first (one
+copy per layer, small next to the sweep).
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ class SweepConfig:
 TARGETS = (80, 90)
 
 #: ``sweep_kernel`` configurations per target, key (has_grad, half precision, 3×TF32), and the
-#: widest gradient column group per key (one layer, 3×TF32).  3×TF32 splits each operand in
+#: widest gradient column group of JMMD per 3×TF32 flag.  3×TF32 splits each operand in
 #: two, hence smaller tiles and a single pipeline stage with the gradient.
 CONFIGS: dict[int, dict[tuple[bool, bool, bool], SweepConfig]] = {
     target: {
@@ -90,9 +91,21 @@ CONFIGS: dict[int, dict[tuple[bool, bool, bool], SweepConfig]] = {
     }
     for target in TARGETS
 }
-MAX_GROUP: dict[tuple[bool, bool], int] = {  # key (one layer, 3×TF32)
-    (True, False): 128, (False, False): 128, (True, True): 32, (False, True): 32,
+MAX_GROUP: dict[bool, int] = {False: 128, True: 32}  # key 3×TF32 (JMMD with the gradient)
+
+#: ``wide_kernel`` configurations per target, key (half precision, 3×TF32), and its gradient
+#: chunk: one layer with the gradient where no flash configuration applies.
+WIDE_CONFIGS: dict[int, dict[tuple[bool, bool], SweepConfig]] = {
+    target: {
+        (False, False): SweepConfig(B_M=64, B_N=64, BD=32, num_warps=8, num_stages=2),
+        (False, True): SweepConfig(B_M=64, B_N=32, BD=32, num_warps=8, num_stages=1),
+        (True, False): SweepConfig(B_M=64, B_N=64, BD=64, num_warps=8, num_stages=2),
+    }
+    for target in TARGETS
 }
+WIDE_DG = 64
+_FINISH_BLOCK_R = 32
+_FINISH_BLOCK_C = 64
 
 
 def _flash_table(entries: dict[tuple[bool, str], dict[int, tuple[int, int, int]]]) -> dict:
@@ -161,10 +174,31 @@ def flash_width(d: int) -> int:
     return max(64, triton.next_power_of_2(d))
 
 
-def group_width(dpad_max: int, bd: int, one_layer: bool, prec: str) -> int:
-    """Columns of the gradient held in registers by one program: a power of two in [BD, max]."""
-    widest = MAX_GROUP[(one_layer, prec == "tf32x3")]
-    return max(bd, min(widest, triton.next_power_of_2(dpad_max)))
+def group_width(dpad_max: int, bd: int, prec: str) -> int:
+    """JMMD: columns of the gradient held in registers by one program, a power of two in
+    [BD, max]."""
+    return max(bd, min(MAX_GROUP[prec == "tf32x3"], triton.next_power_of_2(dpad_max)))
+
+
+_SMS: dict[torch.device, int] = {}
+
+
+def _multiprocessors(device: torch.device) -> int:
+    """Streaming multiprocessors of ``device`` (4 for CPU tensors under the interpreter, so the
+    tests exercise several column splits); cached."""
+    hit = _SMS.get(device)
+    if hit is None:
+        hit = _SMS[device] = (torch.cuda.get_device_properties(device).multi_processor_count
+                              if device.type == "cuda" else 4)
+    return hit
+
+
+def wide_splits(N: int, device: torch.device, cfg: SweepConfig) -> int:
+    """Column ranges per row block of ``wide_kernel``, in whole B_N tiles: enough programs for
+    two per multiprocessor when the row blocks alone are fewer."""
+    row_blocks, col_tiles = triton.cdiv(N, cfg.B_M), triton.cdiv(N, cfg.B_N)
+    splits = max(1, min(col_tiles, triton.cdiv(2 * _multiprocessors(device), row_blocks)))
+    return triton.cdiv(col_tiles, triton.cdiv(col_tiles, splits))
 
 
 def dot_precision(dtype: torch.dtype) -> str:
@@ -336,6 +370,37 @@ def _flash(z: torch.Tensor, n: int, factors: tuple, rel: bool, weights: Sequence
     return stats[:3], grad
 
 
+def _wide(z: torch.Tensor, n: int, factors: tuple, rel: bool, weights: Sequence[float],
+          cfg: SweepConfig, prec: str) -> tuple:
+    """``prep_kernel``, ``wide_kernel`` with ``cfg``, ``finish_kernel`` (one layer, gradient)."""
+    N, d = z.shape
+    device, cdt = z.device, _COMPUTE_DTYPE[z.dtype]
+    dpad = triton.cdiv(d, max(cfg.BD, WIDE_DG)) * max(cfg.BD, WIDE_DG)
+    zp = torch.empty((N, dpad), dtype=cdt, device=device)
+    sq = torch.empty(N, dtype=torch.float32, device=device)
+    stats = torch.zeros(3 + d + 1, dtype=torch.float64, device=device)
+    _prep(z, zp, sq, stats[3:], d, dpad, 0)
+    # the float32 accumulator of C'Y and the row sums of C', zeroed together
+    acc_rowsum = torch.zeros(N * dpad + N, dtype=torch.float32, device=device)
+    acc, rowsum = acc_rowsum[:N * dpad].view(N, dpad), acc_rowsum[N * dpad:]
+    splits = wide_splits(N, device, cfg)
+    cols_per_split = triton.cdiv(triton.cdiv(N, cfg.B_N), splits) * cfg.B_N
+    bank = _bank_table(factors, device)
+    K.wide_kernel[(triton.cdiv(N, cfg.B_M), splits)](
+        zp, sq, stats[3:], bank, acc, rowsum, stats, N, n, d, dpad, dpad, len(factors),
+        int(rel), *weights, cols_per_split, B_M=cfg.B_M, B_N=cfg.B_N, BD=cfg.BD, DG=WIDE_DG,
+        SQUARE=_squaring(factors), DOT_PREC=prec, num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
+    )
+    # float32 gradients overwrite the accumulator in place (no second N × d buffer)
+    grad = acc if cdt == torch.float32 else torch.empty((N, dpad), dtype=cdt, device=device)
+    K.finish_kernel[(triton.cdiv(N, _FINISH_BLOCK_R), triton.cdiv(d, _FINISH_BLOCK_C))](
+        zp, acc, rowsum, stats[3:], bank, grad, N, n, d, dpad, dpad, int(rel), *weights,
+        BLOCK_R=_FINISH_BLOCK_R, BLOCK_C=_FINISH_BLOCK_C,
+    )
+    return stats[:3], grad[:, :d]
+
+
 def _prep(z: torch.Tensor, zp: torch.Tensor, sq: torch.Tensor, stats: torch.Tensor, d: int,
           dpad: int, col: int) -> None:
     """Launches ``prep_kernel`` for one layer (columns ``col … col + dpad`` of ``zp``)."""
@@ -395,11 +460,15 @@ def mmd_sweep(
             sums, grad = _flash(z0, n, tuple(factors[0]), bool(relative[0]), weights, need_grad,
                                 flash, prec)
             return sums, [_flat_grad(grad, dtype)] if need_grad else []
+        if need_grad:
+            cfg = WIDE_CONFIGS[tgt][(cdt != torch.float32, prec == "tf32x3")]
+            sums, grad = _wide(z0, n, tuple(factors[0]), bool(relative[0]), weights, cfg, prec)
+            return sums, [_flat_grad(grad, dtype)]
 
     cfg = sweep_config(tgt, need_grad, cdt, prec)
     dims = tuple(int(z.shape[1]) for z in zs)
     dpads = [triton.cdiv(d, cfg.BD) * cfg.BD for d in dims]
-    dg = group_width(max(dpads), cfg.BD, num_layers == 1, prec) if need_grad else cfg.BD
+    dg = group_width(max(dpads), cfg.BD, prec) if need_grad else cfg.BD
     key = (device, dims, tuple(tuple(f) for f in factors), tuple(relative), cfg.BD, dg)
     layer_t, bank_t, group_t = _tables(key, device)
 

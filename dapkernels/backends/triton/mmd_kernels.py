@@ -10,7 +10,10 @@ Three sweep kernels, picked by the host (``mmd.py``) per call:
   program keeps its B_M rows ``Y_I`` (all d columns) in registers and streams column blocks
   ``Y_J`` once each: ``D = ‖y_I‖² + ‖y_J‖² − 2 Y_I Y_Jᵀ`` and ``acc += C_IJ Y_J`` reuse the same
   loaded ``Y_J`` tile, and the loop body has no inner loop, so Triton pipelines the loads.
-* ``sweep_kernel`` (JMMD, or d > 256) after ``prep_kernel``: the general form below.
+* ``wide_kernel`` (one layer with the gradient, d > 256) after ``prep_kernel``: each distance
+  tile once over all d, ``C′ Y_J`` added to a float32 accumulator in DG-column chunks;
+  ``finish_kernel`` then forms the gradient.
+* ``sweep_kernel`` (JMMD, or no gradient) after ``prep_kernel``: the general form below.
 
 ``prep_kernel`` (once per layer): shifts the rows by the first row, ``y_i = z_i − z_0``,
   writes them into a packed, zero-padded (N, D_pad) buffer in the compute dtype, stores the
@@ -436,3 +439,88 @@ def sweep_kernel(
         grad = (4.0 * scale) * (rowsum[:, None] * y_i.to(tl.float32) - acc)
         out = grad_ptr + rows_i.to(tl.int64)[:, None] * stride_g + cols_g[None, :]
         tl.store(out, grad.to(grad_ptr.dtype.element_ty), mask=m2)
+
+
+@triton.jit
+def wide_kernel(
+    zp_ptr, sq_ptr, stats_ptr, bank_ptr, acc_ptr, rowsum_ptr, sums_ptr,
+    N, n, d, dpad, stride_p, q_count, relative, w_ss, w_st, w_tt, cols_per_split,
+    B_M: tl.constexpr, B_N: tl.constexpr, BD: tl.constexpr, DG: tl.constexpr,
+    SQUARE: tl.constexpr, DOT_PREC: tl.constexpr,
+):
+    """One layer of any width, with the gradient: rows I = pid_0 against the column blocks J in
+    ``[pid_1 · cols_per_split, (pid_1 + 1) · cols_per_split)``.
+
+    Per tile the distance GEMM ``Y_I Y_Jᵀ`` runs once over all d (BD-chunks), then the bank and
+    ``C' = C / s`` stay in registers while ``C' Y_J`` is added to the float32 accumulator
+    ``acc[I, :]`` (N, dpad) one DG-column chunk at a time.  Row sums of C' go to ``rowsum``
+    (N,), block sums to ``sums``; all three by atomic adds (several splits share rows I), into
+    buffers the caller zeroed.  ``finish_kernel`` then forms the gradient.  Unlike a column
+    group per program, no tile's distances are computed twice, whatever d.
+    """
+    pid_m = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    stride_p = tl.multiple_of(stride_p, 16)
+    rows_i = pid_m * B_M + tl.arange(0, B_M)
+    mask_i = rows_i < N
+    off_i = rows_i.to(tl.int64) * stride_p
+    src_i = rows_i < n
+    cols_k = tl.arange(0, BD)
+    cols_g = tl.arange(0, DG)
+    inv = _inverse_mean_distance(stats_ptr, d, N, relative, 256)
+    scale, w_to_src, w_to_tgt = _unit_weights(src_i, w_ss, w_st, w_tt, bank_ptr, inv)
+    sq_i = tl.load(sq_ptr + rows_i, mask=mask_i, other=float("inf"))
+    rowsum = tl.zeros([B_M], dtype=tl.float32)
+    acc_src = tl.zeros([B_M], dtype=tl.float64)
+    acc_tgt = tl.zeros([B_M], dtype=tl.float64)
+    j_start = pid_s * cols_per_split
+    j_end = tl.minimum(j_start + cols_per_split, N)
+    for j0 in range(j_start, j_end, B_N):
+        rows_j = j0 + tl.arange(0, B_N)
+        mask_j = rows_j < j_end
+        off_j = rows_j.to(tl.int64) * stride_p
+        dot = tl.zeros([B_M, B_N], dtype=tl.float32)
+        for c0 in range(0, dpad, BD):
+            a = tl.load(zp_ptr + off_i[:, None] + c0 + cols_k[None, :], mask=mask_i[:, None],
+                        other=0.0)
+            b = tl.load(zp_ptr + off_j[:, None] + c0 + cols_k[None, :], mask=mask_j[:, None],
+                        other=0.0)
+            dot = tl.dot(a, tl.trans(b), dot, input_precision=DOT_PREC)
+        sq_j = tl.load(sq_ptr + rows_j, mask=mask_j, other=float("inf"))
+        dist = tl.maximum(sq_i[:, None] + sq_j[None, :] - 2.0 * dot, 0.0)
+        k, slope = _bank(dist, bank_ptr, q_count, inv, SQUARE)
+        acc_src, acc_tgt = _block_sums(k, rows_i, rows_j, n, acc_src, acc_tgt)
+        c = tl.where((rows_j < n)[None, :], w_to_src[:, None], w_to_tgt[:, None]) * slope
+        rowsum += tl.sum(c, axis=1)
+        c = c.to(zp_ptr.dtype.element_ty)
+        for g0 in range(0, dpad, DG):
+            y_j = tl.load(zp_ptr + off_j[:, None] + g0 + cols_g[None, :],
+                          mask=mask_j[:, None], other=0.0)
+            part = tl.dot(c, y_j, input_precision=DOT_PREC)
+            tl.atomic_add(acc_ptr + rows_i.to(tl.int64)[:, None] * dpad + g0 + cols_g[None, :],
+                          part, mask=mask_i[:, None], sem="relaxed")
+    tl.atomic_add(rowsum_ptr + rows_i, rowsum, mask=mask_i, sem="relaxed")
+    _store_sums(sums_ptr, src_i, acc_src, acc_tgt, True)
+
+
+@triton.jit
+def finish_kernel(
+    zp_ptr, acc_ptr, rowsum_ptr, stats_ptr, bank_ptr, grad_ptr,
+    N, n, d, dpad, stride_p, relative, w_ss, w_st, w_tt,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """``grad[i, :d] = 4 s [rowsum(C')_i y_i − acc_i]`` after ``wide_kernel`` (grid over row
+    and column blocks).  ``grad`` may be ``acc`` itself: each element is read, then written, by
+    the same thread."""
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    m2 = (rows < N)[:, None] & (cols < d)[None, :]
+    inv = _inverse_mean_distance(stats_ptr, d, N, relative, 256)
+    scale, _, _ = _unit_weights(rows < n, w_ss, w_st, w_tt, bank_ptr, inv)
+    rows64 = rows.to(tl.int64)
+    y = tl.load(zp_ptr + rows64[:, None] * stride_p + cols[None, :], mask=m2, other=0.0)
+    acc = tl.load(acc_ptr + rows64[:, None] * dpad + cols[None, :], mask=m2, other=0.0)
+    rowsum = tl.load(rowsum_ptr + rows, mask=rows < N, other=0.0)
+    grad = (4.0 * scale) * (rowsum[:, None] * y.to(tl.float32) - acc)
+    tl.store(grad_ptr + rows64[:, None] * dpad + cols[None, :],
+             grad.to(grad_ptr.dtype.element_ty), mask=m2)
