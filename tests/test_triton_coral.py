@@ -78,12 +78,27 @@ def test_other_dtypes(monkeypatch, dtype, route):
     assert _rel(gs, rs) <= 10 * tol and _rel(gt, rt) <= 10 * tol
 
 
-def test_rows_beyond_the_gram_tile_use_the_reference_formula():
-    xs, xt = _draw(40, 30, 200, 0.0, 3)
-    value, grads = TRITON.coral_sweep(xs.float().to(DEVICE), xt.float().to(DEVICE), True, "gram")
-    ref, ref_grads = reference.coral_sweep(xs.float().double(), xt.float().double(), True, "cov")
+@pytest.mark.parametrize("path", ["gram", "cov"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_shapes_beyond_the_kernels_use_the_torch_formula_on_the_device(path, dtype):
+    """More than 64 rows, or the d × d path: torch ops on the same device, float32 (float64 for
+    float64 inputs), exact to the same bars, also for features far from the origin."""
+    xs, xt = _draw(40, 30, 200, 1e4, 3)
+    xs, xt = xs.to(dtype), xt.to(dtype)
+    value, grads = TRITON.coral_sweep(xs.to(DEVICE), xt.to(DEVICE), True, path)
+    ref, ref_grads = reference.coral_sweep(xs.double(), xt.double(), True, "cov")
+    assert value.dtype == torch.float64 and value.device.type == DEVICE
     assert abs(float(value) - float(ref)) <= 1e-5 * float(ref)
-    assert all(_rel(g, r) <= 1e-4 for g, r in zip(grads, ref_grads))
+    for g, r in zip(grads, ref_grads):
+        assert g.dtype == dtype and g.device.type == DEVICE and _rel(g, r) <= 1e-4
+    no_grad_value, no_grads = TRITON.coral_sweep(xs.to(DEVICE), xt.to(DEVICE), False, path)
+    assert no_grads == [] and float(no_grad_value) == pytest.approx(float(value), rel=1e-6)
+
+
+def test_unknown_path_is_an_error():
+    xs, xt = _draw(4, 5, 8, 0.0, 1)
+    with pytest.raises(ValueError, match="path"):
+        TRITON.coral_sweep(xs.float().to(DEVICE), xt.float().to(DEVICE), True, "dense")
 
 
 @pytest.mark.parametrize("out_dtype", [torch.float32, torch.float64])
