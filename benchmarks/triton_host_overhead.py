@@ -8,6 +8,9 @@ a no-op launcher and times, on CPU tensors (32 + 32 rows, d = 256, float32):
 * ``op fwd+bwd``: ``dk.mmd(..., backend="triton")`` forward and backward (adds the autograd /
   ops layer, which is not part of the Triton backend).
 
+It also lists the aten ops one ``dk.mmd`` forward+backward dispatches besides the kernel launch
+(views excluded): on a GPU each op that touches memory is one more launch.
+
 It measures everything but the launch itself: ``JITFunction.run`` (argument binding,
 specialisation key, kernel cache lookup, driver launch) needs a GPU and is measured by
 ``benchmarks/triton_cuda_timing.py`` (``ours_host_us``).  Best of R rounds of 200 calls, µs
@@ -20,6 +23,7 @@ import argparse
 import time
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import dapkernels as dk
 from dapkernels.backends.triton import mmd as tmmd
@@ -45,6 +49,19 @@ def _per_call_us(fn, repeats: int, calls: int = 200) -> float:
     return min(rounds)
 
 
+class _Ops(TorchDispatchMode):
+    """Names of the aten ops dispatched in the block, views left out."""
+
+    def __init__(self):
+        super().__init__()
+        self.names: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not func.is_view:
+            self.names.append(func.__name__)
+        return func(*args, **(kwargs or {}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15)
@@ -68,6 +85,9 @@ def main() -> None:
 
     print(f"backend mmd_loss (N=64, d=256, grad):  {_per_call_us(backend, args.repeats):7.1f} µs")
     print(f"dk.mmd fwd+bwd, backend='triton':       {_per_call_us(op, args.repeats):7.1f} µs")
+    with _Ops() as ops:
+        op()
+    print(f"aten ops in one fwd+bwd besides the launch: {len(ops.names)} ({', '.join(ops.names)})")
 
 
 if __name__ == "__main__":
