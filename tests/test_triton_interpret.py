@@ -262,6 +262,30 @@ def test_small_batch_loss_is_one_launch_and_no_other_device_op(monkeypatch):
     assert float((grad.cpu().double() - ref_grad).norm()) <= 1e-4 * float(ref_grad.norm())
 
 
+@pytest.mark.parametrize("rows", [(12, 10), (50, 40)])  # one program (value in-kernel); flash
+def test_compiled_losses_on_the_triton_backend_match_eager(rows):
+    """Under torch.compile(fullgraph=True) the custom ops reach the same Triton kernels
+    (``mmd_loss`` writing a float64 value, ``coral_sweep``): values and gradients as in eager."""
+    torch.manual_seed(sum(rows))
+    net = torch.nn.Linear(6, 40).to(DEVICE)
+    mmd, coral = dk.MMDLoss(backend="triton"), dk.CORALLoss(backend="triton")
+
+    def step(xs, xt):
+        fs, ft = net(xs), net(xt)
+        return mmd(fs, ft) + coral(fs, ft)
+
+    xs = torch.randn(rows[0], 6, device=DEVICE)
+    xt = torch.randn(rows[1], 6, device=DEVICE) + 0.5
+    eager = step(xs, xt)
+    eager_grads = torch.autograd.grad(eager, list(net.parameters()))
+    torch._dynamo.reset()
+    value = torch.compile(step, fullgraph=True, backend="aot_eager")(xs, xt)
+    grads = torch.autograd.grad(value, list(net.parameters()))
+    torch.testing.assert_close(value, eager, rtol=1e-5, atol=1e-7)
+    for a, b in zip(grads, eager_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
 def test_too_many_layers_is_an_error():
     z = torch.randn(6, 2, device=DEVICE)
     with pytest.raises(ValueError, match="at most 8 layers"):

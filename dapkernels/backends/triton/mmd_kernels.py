@@ -456,7 +456,9 @@ def wide_kernel(
     ``acc[I, :]`` (N, dpad) one DG-column chunk at a time.  Row sums of C' go to ``rowsum``
     (N,), block sums to ``sums``; all three by atomic adds (several splits share rows I), into
     buffers the caller zeroed.  ``finish_kernel`` then forms the gradient.  Unlike a column
-    group per program, no tile's distances are computed twice, whatever d.
+    group per program, no tile's distances are computed twice, whatever d.  With several
+    splits the float32 additions land in a run-dependent order: the gradient's last bits may
+    differ between runs (as the float64 block sums of every multi-program kernel here).
     """
     pid_m = tl.program_id(0)
     pid_s = tl.program_id(1)
