@@ -22,7 +22,7 @@ import torch
 import triton
 
 from . import coral_kernels as K
-from .mmd import dot_precision, target
+from .mmd import _unit_cols, dot_precision, target
 
 #: most rows (n_s + n_t) of the Gram path: the N × N Gram tile lives in registers.  A 128-row
 #: tile spills on sm_80 and sm_90 even on 16 warps (``python -m dapkernels.backends.triton.aot``),
@@ -72,10 +72,6 @@ def coral_signature(kernel: str, x_type: str) -> dict[str, str]:
         return {"xs_ptr": x, "xt_ptr": x, "value_ptr": value, "gs_ptr": x, "gt_ptr": x, **tail}
     return {"xs_ptr": x, "xt_ptr": x, "g_ptr": "*fp32", "value_ptr": "*fp64", "gs_ptr": x,
             "gt_ptr": x, **tail}
-
-
-def _unit_cols(x: torch.Tensor) -> torch.Tensor:
-    return x if x.stride(1) == 1 else x.detach().contiguous()
 
 
 def _small(xs: torch.Tensor, xt: torch.Tensor, need_grad: bool,

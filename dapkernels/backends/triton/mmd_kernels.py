@@ -331,6 +331,14 @@ def _inverse_mean_distances(stats_ptr, layer_ptr, N, L):
 
 
 @triton.jit
+def _row_block(N, n, stride_p, B_M: tl.constexpr):
+    """Rows I of program ``pid_0``: indices, in-range mask, packed-row offsets (int64: N · width
+    may pass 2³¹), source mask."""
+    rows_i = tl.program_id(0) * B_M + tl.arange(0, B_M)
+    return rows_i, rows_i < N, rows_i.to(tl.int64) * stride_p, rows_i < n
+
+
+@triton.jit
 def sweep_kernel(
     zp_ptr, sq_ptr, stats_ptr, layer_ptr, bank_ptr, group_ptr, grad_ptr, sums_ptr,
     N, n, L, stride_p, stride_g, w_ss, w_st, w_tt,
@@ -344,14 +352,10 @@ def sweep_kernel(
     ``grad[I, c0:c1] = 4 s [rowsum(C')_I y_I − (C' Y)_I]`` for the group's columns, where
     ``C' = C / s`` is rescaled so that a float16 tl.dot neither overflows nor flushes to zero.
     """
-    pid_m = tl.program_id(0)
     pid_g = tl.program_id(1)
     # Widths and offsets are multiples of BD ≥ 16: the hint lets loads vectorise (fewer registers).
     stride_p = tl.multiple_of(stride_p, 16)
-    rows_i = pid_m * B_M + tl.arange(0, B_M)
-    mask_i = rows_i < N
-    off_i = rows_i.to(tl.int64) * stride_p
-    src_i = rows_i < n
+    rows_i, mask_i, off_i, src_i = _row_block(N, n, stride_p, B_M)
     cols_k = tl.arange(0, BD)
     inv_means = _inverse_mean_distances(stats_ptr, layer_ptr, N, L)
     lanes = tl.arange(0, MAX_LAYERS)
@@ -372,7 +376,7 @@ def sweep_kernel(
     else:
         own = -1
         # Upper triangle only: start at the column block holding this row block's diagonal.
-        j_start = (pid_m * B_M // B_N) * B_N
+        j_start = (tl.program_id(0) * B_M // B_N) * B_N
 
     acc_src = tl.zeros([B_M], dtype=tl.float64)
     acc_tgt = tl.zeros([B_M], dtype=tl.float64)
@@ -460,13 +464,9 @@ def wide_kernel(
     splits the float32 additions land in a run-dependent order: the gradient's last bits may
     differ between runs (as the float64 block sums of every multi-program kernel here).
     """
-    pid_m = tl.program_id(0)
     pid_s = tl.program_id(1)
     stride_p = tl.multiple_of(stride_p, 16)
-    rows_i = pid_m * B_M + tl.arange(0, B_M)
-    mask_i = rows_i < N
-    off_i = rows_i.to(tl.int64) * stride_p
-    src_i = rows_i < n
+    rows_i, mask_i, off_i, src_i = _row_block(N, n, stride_p, B_M)
     cols_k = tl.arange(0, BD)
     cols_g = tl.arange(0, DG)
     inv = _inverse_mean_distance(stats_ptr, d, N, relative, 256)
