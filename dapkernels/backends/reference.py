@@ -114,9 +114,8 @@ def coral_sweep(
 
     ``C = X̃ᵀX̃/(n − 1)`` with ``X̃`` the column-centred batch.  ``path="cov"`` (the oracle)
     builds both d×d covariances; ``path="gram"`` uses the n×n Gram matrices of DESIGN §4
-    (the fallback for devices without a kernel, where d×d may not fit).  Gradients:
-    ``∂L/∂X̃_s = X̃_s D / ((n_s − 1) d²)``, ``∂L/∂X̃_t = −X̃_t D / ((n_t − 1) d²)`` with
-    ``D = C_s − C_t``, then centred (the adjoint of the centring).
+    (the fallback for devices without a kernel, where d×d may not fit).  Formulas in
+    :func:`coral_formula`; this entry adds the finiteness checks.
 
     Args:
         xs: (n_s, d) source features, n_s ≥ 2.
@@ -130,30 +129,64 @@ def coral_sweep(
     """
     check_finite(xs, "f_s")
     check_finite(xt, "f_t")
-    zs = xs.detach().to(torch.float64)
-    zt = xt.detach().to(torch.float64)
-    zs = zs - zs.mean(dim=0, keepdim=True)
-    zt = zt - zt.mean(dim=0, keepdim=True)
-    a, b, d = zs.shape[0] - 1, zt.shape[0] - 1, zs.shape[1]
-    scale = 1.0 / (d * d)
-    if path == "cov":
-        diff = zs.T @ zs / a - zt.T @ zt / b
-        value = 0.25 * scale * diff.square().sum()
-        if not need_grad:
-            return value, []
-        gs, gt = (zs @ diff) * (scale / a), (zt @ diff) * (-scale / b)
-    elif path == "gram":
-        g_ss, g_tt, g_st = zs @ zs.T, zt @ zt.T, zs @ zt.T
-        value = 0.25 * scale * (
-            g_ss.square().sum() / a**2 + g_tt.square().sum() / b**2
-            - 2.0 * g_st.square().sum() / (a * b)
-        )
-        if not need_grad:
-            return value, []
-        gs = (g_ss @ zs / a**2 - g_st @ zt / (a * b)) * scale
-        gt = (g_tt @ zt / b**2 - g_st.T @ zs / (a * b)) * scale
-    else:
+    return coral_formula(xs, xt, need_grad, path, torch.float64)
+
+
+def _centred(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Column-centred rows in ``dtype``, shifted by the first row before the mean is taken
+    (the mean of the shifted rows is O(spread), so a far-away mean costs no precision)."""
+    y = x.to(dtype) - x[:1].to(dtype)
+    return y - y.mean(dim=0, keepdim=True)
+
+
+_PAIR_WEIGHTS: dict[tuple, torch.Tensor] = {}
+
+
+def _pair_weights(ns: int, nt: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(N, N) ``W``: 1/a² source pairs, 1/b² target pairs, −1/(ab) mixed (a = n_s − 1,
+    b = n_t − 1); cached per shape, dtype and device."""
+    key = (ns, nt, dtype, device)
+    hit = _PAIR_WEIGHTS.get(key)
+    if hit is None:
+        if len(_PAIR_WEIGHTS) >= 64:
+            _PAIR_WEIGHTS.clear()
+        scale = torch.tensor([1.0 / (ns - 1)] * ns + [-1.0 / (nt - 1)] * nt, dtype=torch.float64)
+        hit = _PAIR_WEIGHTS[key] = torch.outer(scale, scale).to(device=device, dtype=dtype)
+    return hit
+
+
+def coral_formula(
+    xs: torch.Tensor, xt: torch.Tensor, need_grad: bool, path: str, dtype: torch.dtype
+) -> tuple:
+    """:func:`coral_sweep`'s formulas as torch ops in ``dtype`` on the inputs' device: no
+    checks, no host sync (the Triton backend runs them in float32 where its kernels stop).
+
+    ``cov``: ``D = C_s − C_t``, ``L = ‖D‖² / (4d²)``, ``∂L/∂X̃_s = X̃_s D / ((n_s − 1) d²)``,
+    ``∂L/∂X̃_t = −X̃_t D / ((n_t − 1) d²)``.  ``gram``: with ``X̃`` both batches stacked,
+    ``G = X̃ X̃ᵀ`` (N × N) and pair weights ``W``, ``L = Σ W ∘ G² / (4d²)``,
+    ``∂L/∂X̃ = (W ∘ G) X̃ / d²``.  Gradients are then centred (the adjoint of the centring);
+    the value is reduced in float64.
+    """
+    if path not in ("gram", "cov"):
         raise ValueError(f"path must be 'cov' or 'gram', got {path!r}")
+    ys, yt = _centred(xs.detach(), dtype), _centred(xt.detach(), dtype)
+    ns, nt, d = ys.shape[0], yt.shape[0], ys.shape[1]
+    scale = 1.0 / (d * d)
+    if path == "gram":
+        y = torch.cat((ys, yt))
+        gram = y @ y.T
+        wg = _pair_weights(ns, nt, dtype, y.device) * gram
+        value = (wg.double() * gram.double()).sum() * (0.25 * scale)
+        if not need_grad:
+            return value, []
+        g = (wg @ y) * scale
+        gs, gt = g[:ns], g[ns:]
+    else:
+        diff = ys.T @ ys / (ns - 1) - yt.T @ yt / (nt - 1)
+        value = diff.double().square().sum() * (0.25 * scale)
+        if not need_grad:
+            return value, []
+        gs, gt = (ys @ diff) * (scale / (ns - 1)), (yt @ diff) * (-scale / (nt - 1))
     gs = gs - gs.mean(dim=0, keepdim=True)
     gt = gt - gt.mean(dim=0, keepdim=True)
     return value, [gs.to(xs.dtype), gt.to(xt.dtype)]

@@ -8,9 +8,9 @@ caller's dtype, which the ops layer prefers).  Per call, no host sync, one of:
 * wider: one memset of the N × N Gram buffer, ``coral_gram_kernel``, ``coral_grad_kernel``.
 
 Shapes the Gram kernels do not cover (N = n_s + n_t > MAX_ROWS = 64 rows, or the d × d path
-when N ≥ d) run the same formulas as torch ops on the device (``_torch_formula``): GEMMs with a
-materialised N × N (or d × d) product, which cuBLAS does well at those sizes, in float32 (float64
-for float64 inputs), with no host sync.
+when N ≥ d) run the reference formulas as torch ops on the device (``reference.coral_formula``):
+GEMMs with a materialised N × N (or d × d) product, which cuBLAS does well at those sizes, in
+float32 (float64 for float64 inputs), with no host sync.
 
 Non-finite features are not checked here (a check would cost a host sync per call): they give a
 non-finite loss, unlike the CPU and reference backends, which raise.
@@ -21,12 +21,13 @@ from __future__ import annotations
 import torch
 import triton
 
+from ..reference import coral_formula
 from . import coral_kernels as K
 from .mmd import _unit_cols, dot_precision, target
 
 #: most rows (n_s + n_t) of the Gram path: the N × N Gram tile lives in registers.  A 128-row
 #: tile spills on sm_80 and sm_90 even on 16 warps (``python -m dapkernels.backends.triton.aot``),
-#: so larger batches take ``_torch_formula``.
+#: so larger batches take ``reference.coral_formula``.
 MAX_ROWS = 64
 _BD = 32
 #: warps and pipeline stages per program: the 64 × 64 Gram tile and its float32 product fit
@@ -114,59 +115,6 @@ def _split_columns(xs: torch.Tensor, xt: torch.Tensor, need_grad: bool) -> tuple
     return value, [gs, gt] if need_grad else []
 
 
-def _centred(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Column-centred rows in ``dtype``, shifted by the first row before the mean is taken
-    (the mean of the shifted rows is O(spread), so a far-away mean costs no precision)."""
-    y = x.to(dtype) - x[:1].to(dtype)
-    return y - y.mean(dim=0, keepdim=True)
-
-
-_PAIR_WEIGHTS: dict[tuple, torch.Tensor] = {}
-
-
-def _pair_weights(ns: int, nt: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """(N, N) ``W``: 1/a² source pairs, 1/b² target pairs, −1/(ab) mixed (a = n_s − 1,
-    b = n_t − 1); cached per shape, dtype and device."""
-    key = (ns, nt, dtype, device)
-    hit = _PAIR_WEIGHTS.get(key)
-    if hit is None:
-        if len(_PAIR_WEIGHTS) >= 64:
-            _PAIR_WEIGHTS.clear()
-        scale = torch.tensor([1.0 / (ns - 1)] * ns + [-1.0 / (nt - 1)] * nt, dtype=torch.float64)
-        hit = _PAIR_WEIGHTS[key] = torch.outer(scale, scale).to(device=device, dtype=dtype)
-    return hit
-
-
-def _torch_formula(xs: torch.Tensor, xt: torch.Tensor, need_grad: bool, path: str) -> tuple:
-    """The Gram (N × N) or covariance (d × d) formula as torch ops on the device.
-
-    float32 arithmetic (float64 for float64 inputs; the matmul precision follows torch's
-    setting), the value reduced in float64, no host sync.
-    """
-    cdt = torch.float64 if xs.dtype == torch.float64 else torch.float32
-    ys, yt = _centred(xs.detach(), cdt), _centred(xt.detach(), cdt)
-    ns, nt, d = ys.shape[0], yt.shape[0], ys.shape[1]
-    scale = 1.0 / (d * d)
-    if path == "gram":
-        y = torch.cat((ys, yt))
-        gram = y @ y.T
-        wg = _pair_weights(ns, nt, cdt, y.device) * gram
-        value = (wg.double() * gram.double()).sum() * (0.25 * scale)
-        if not need_grad:
-            return value, []
-        g = (wg @ y) * scale
-        gs, gt = g[:ns], g[ns:]
-    else:
-        diff = ys.T @ ys / (ns - 1) - yt.T @ yt / (nt - 1)
-        value = diff.double().square().sum() * (0.25 * scale)
-        if not need_grad:
-            return value, []
-        gs, gt = (ys @ diff) * (scale / (ns - 1)), (yt @ diff) * (-scale / (nt - 1))
-    gs = gs - gs.mean(dim=0, keepdim=True)  # the adjoint of the centring
-    gt = gt - gt.mean(dim=0, keepdim=True)
-    return value, [gs.to(xs.dtype), gt.to(xt.dtype)]
-
-
 def _takes_kernels(xs: torch.Tensor, xt: torch.Tensor, path: str) -> bool:
     return path == "gram" and xs.shape[0] + xt.shape[0] <= MAX_ROWS
 
@@ -185,20 +133,13 @@ def coral_sweep(
         xs: (n_s, d) source features, xt: (n_t, d) target features, n_s, n_t ≥ 2, one device.
         need_grad: whether to return gradients.
         path: ``"gram"`` runs the kernels when n_s + n_t ≤ MAX_ROWS; ``"cov"`` (or more rows) runs
-            ``_torch_formula`` on the device.
+            ``reference.coral_formula`` on the device.
 
     Returns:
         ``(value, grads)``: float64 0-dim device tensor and ``[∂L/∂xs, ∂L/∂xt]`` in the input
         dtype (float32 accumulation in the kernels), or ``[]``.
     """
-    if path not in ("gram", "cov"):
-        raise ValueError(f"path must be 'cov' or 'gram', got {path!r}")
-    if not _takes_kernels(xs, xt, path):
-        return _torch_formula(xs, xt, need_grad, path)
-    if _takes_small(xs, need_grad):
-        value = torch.empty((), dtype=torch.float64, device=xs.device)
-        return value, _small(xs, xt, need_grad, value)
-    return _split_columns(xs, xt, need_grad)
+    return coral_loss(xs, xt, need_grad, path, torch.float64)
 
 
 def coral_loss(
@@ -206,8 +147,12 @@ def coral_loss(
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """:func:`coral_sweep` with the 0-dim value in ``out_dtype``: at DA batch sizes one launch
     that writes it (no conversion op)."""
-    if _takes_kernels(xs, xt, path) and _takes_small(xs, need_grad):
+    if not _takes_kernels(xs, xt, path):
+        cdt = torch.float64 if xs.dtype == torch.float64 else torch.float32
+        value, grads = coral_formula(xs, xt, need_grad, path, cdt)
+    elif _takes_small(xs, need_grad):
         value = torch.empty((), dtype=out_dtype, device=xs.device)
         return value, _small(xs, xt, need_grad, value)
-    value, grads = coral_sweep(xs, xt, need_grad, path)
+    else:
+        value, grads = _split_columns(xs, xt, need_grad)
     return value.to(out_dtype), grads
