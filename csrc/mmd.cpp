@@ -23,14 +23,11 @@
 #include <vector>
 
 #include "common.h"
+#include "isa.h"
 #include "mmd_common.h"
 
 namespace dk {
 namespace mmd {
-
-#if defined(__x86_64__) || defined(__i386__)
-#define DK_X86 1
-#endif
 
 namespace isa_base {
 #define DK_VBYTES 16
@@ -78,42 +75,13 @@ struct Kernels {
 #define DK_KERNELS(ns, T) \
   Kernels<T> { &ns::sweep_direct<T>, &ns::column_sums<T>, &ns::center_rows<T> }
 
-enum class Isa { base, avx2, avx512 };
-
-// The best copy this CPU runs; DAPKERNELS_ISA=baseline|avx2 caps it (to test the fallbacks).
-Isa detect_isa() {
-  const char* env = std::getenv("DAPKERNELS_ISA");
-  const std::string cap = env ? env : "";
-  if (cap == "baseline") return Isa::base;
-#ifdef DK_X86
-  __builtin_cpu_init();
-  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  if (avx2 && cap != "avx2" && __builtin_cpu_supports("avx512f") &&
-      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
-      __builtin_cpu_supports("avx512bw"))
-    return Isa::avx512;
-  if (avx2) return Isa::avx2;
-#endif
-  return Isa::base;
-}
-
-const Isa kIsa = detect_isa();
-
 template <typename T>
 Kernels<T> kernels() {
 #ifdef DK_X86
-  if (kIsa == Isa::avx512) return DK_KERNELS(isa_avx512, T);
-  if (kIsa == Isa::avx2) return DK_KERNELS(isa_avx2, T);
+  if (active_isa() == Isa::avx512) return DK_KERNELS(isa_avx512, T);
+  if (active_isa() == Isa::avx2) return DK_KERNELS(isa_avx2, T);
 #endif
   return DK_KERNELS(isa_base, T);
-}
-
-const char* isa_name() {
-  switch (kIsa) {
-    case Isa::avx512: return "avx512";
-    case Isa::avx2: return "avx2";
-    default: return "baseline";
-  }
 }
 
 // Builds the evaluation plan of a bank: γ_q = 1/(2σ_q²) sorted ascending, equal γ merged, and
@@ -335,5 +303,4 @@ void register_mmd(pybind11::module_& m) {
         "(n × d_l) then the target blocks (m × d_l): returns (S_ss, S_st, S_tt) and, when "
         "grad_ptrs is non-empty, writes dL/dz_l ((n + m) × d_l, L = w_ss S_ss + 2 w_st S_st + "
         "w_tt S_tt) into them.");
-  m.attr("mmd_isa") = dk::mmd::isa_name();
 }
