@@ -149,7 +149,7 @@ void epilogue_rows(const Context<T>& cx, T* const* G, std::int64_t ldg, std::int
             const int rem = std::min(W, cnt - k);
             const V gv = rem == W ? vload(g + k) : vload_part(g + k, rem);
             const V nv = rem == W ? vload(nj + k) : vload_part(nj + k, rem);
-            const V D = vmax<T>(ni + nv - (gv + gv), V{});
+            const V D = clamp_nonneg<T>(ni + nv - (gv + gv));
             V Kv, Kpv;
             bank(cx.steps[l], cx.num_steps[l], D, Kv, Kpv);
             vstore(sc.K[l] + k, Kv);
@@ -235,159 +235,204 @@ void pack_transposed(const T* c, std::int64_t ldc, std::int64_t d, std::int64_t 
   }
 }
 
-// mu[k] += Σ_i z[i, k] in float64 (z: N × d, row stride ldz).  Vectorised with this copy's ISA:
-// the centring pass costs about as much as a small batch's Gram tiles when left scalar.
+// mu[k] += Σ_i z[i, k] in float64 (z: N × d, row stride ldz).  Threads own column ranges
+// and add the rows in order, so the sums do not depend on the thread count and no scratch is
+// needed.  Vectorised with this copy's ISA: left scalar, the centring pass costs about as much
+// as a small batch's Gram tiles.
 template <typename T>
-void column_sums(std::int64_t N, std::int64_t d, const T* z, std::int64_t ldz, double* mu) {
-#pragma omp parallel if (N * d > (1 << 18))
-  {
-    std::vector<double> part(static_cast<std::size_t>(d), 0.0);
-    double* pp = part.data();
-#pragma omp for schedule(static) nowait
+void column_sums(std::int64_t N, std::int64_t d, const T* z, std::int64_t ldz, double* mu,
+                 int threads) {
+  constexpr std::int64_t cols = 64;
+  const std::int64_t blocks = (d + cols - 1) / cols;
+  (void)threads;
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && blocks > 1 && N * d > (1 << 18))
+  for (std::int64_t b = 0; b < blocks; ++b) {
+    const std::int64_t k0 = b * cols, k1 = std::min(d, k0 + cols);
+    double* mb = mu + k0;
     for (std::int64_t i = 0; i < N; ++i) {
-      const T* zi = z + i * ldz;
+      const T* zi = z + i * ldz + k0;
 #pragma omp simd
-      for (std::int64_t k = 0; k < d; ++k) pp[k] += static_cast<double>(zi[k]);
+      for (std::int64_t k = 0; k < k1 - k0; ++k) mb[k] += static_cast<double>(zi[k]);
     }
-#pragma omp critical(dk_mmd_column_sums)
-    for (std::int64_t k = 0; k < d; ++k) mu[k] += pp[k];
   }
 }
 
-// c[i, :] = z[i, :] − mu rounded to T (columns d … ldc−1 set to 0) and norms[i] = ‖c_i‖² of the
-// rounded row, summed in float64; returns Σ_i norms[i].
+// c[i, :] = z[i, :] − mu rounded to T (columns d … ldc−1 set to 0), rowsq[i] = ‖c_i‖² of the
+// rounded row in float64 and rowmax[i] = max_k |c_ik|.  Rows are independent: no reduction
+// whose order could depend on the threads.
 template <typename T>
-double center_rows(std::int64_t N, std::int64_t d, const T* z, std::int64_t ldz, const double* mu,
-                   T* c, std::int64_t ldc, T* norms) {
-  double total = 0.0;
-#pragma omp parallel for schedule(static) reduction(+ : total) if (N * d > (1 << 18))
+void center_rows(std::int64_t N, std::int64_t d, const T* z, std::int64_t ldz, const double* mu,
+                 T* c, std::int64_t ldc, double* rowsq, double* rowmax, int threads) {
+  (void)threads;
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && N * d > (1 << 18))
   for (std::int64_t i = 0; i < N; ++i) {
     const T* zi = z + i * ldz;
+    T* ci = c + i * ldc;
+    double s = 0.0, mx = 0.0;
+#pragma omp simd reduction(+ : s) reduction(max : mx)
+    for (std::int64_t k = 0; k < d; ++k) {
+      const T v = static_cast<T>(static_cast<double>(zi[k]) - mu[k]);
+      ci[k] = v;
+      const double vd = static_cast<double>(v);
+      s += vd * vd;
+      mx = std::max(mx, std::fabs(vd));
+    }
+    for (std::int64_t k = d; k < ldc; ++k) ci[k] = T(0);
+    rowsq[i] = s;
+    rowmax[i] = mx;
+  }
+}
+
+// c[i, 0:d] *= f (a power of two, applied in float64: exact, also for subnormal float32 c)
+// and norms[i] = ‖c_i‖² of the scaled rows (float64 sum, rounded once); returns Σ_i ‖c_i‖².
+template <typename T>
+double rescale_rows(std::int64_t N, std::int64_t d, double f, T* c, std::int64_t ldc,
+                    T* norms) {
+  double total = 0.0;
+  for (std::int64_t i = 0; i < N; ++i) {
     T* ci = c + i * ldc;
     double s = 0.0;
 #pragma omp simd reduction(+ : s)
     for (std::int64_t k = 0; k < d; ++k) {
-      const T v = static_cast<T>(static_cast<double>(zi[k]) - mu[k]);
-      ci[k] = v;
-      s += static_cast<double>(v) * static_cast<double>(v);
+      ci[k] = static_cast<T>(static_cast<double>(ci[k]) * f);
+      s += static_cast<double>(ci[k]) * static_cast<double>(ci[k]);
     }
-    for (std::int64_t k = d; k < ldc; ++k) ci[k] = T(0);
     norms[i] = static_cast<T>(s);
     total += s;
   }
   return total;
 }
 
-// The whole sweep in one call, with this file's GEMM micro-kernel: tiles of B rows (I ≤ J)
-// handed out dynamically to threads.  Thread 0 accumulates C·c into the output gradient, the
-// others into private buffers added at the end; row sums likewise (no two threads write one
-// location).  c[l] is the centred copy (N × ldc[l], columns d_l … ldc[l]−1 zero).
+// Per-thread scratch of the sweep, carved out of one block allocated before the parallel
+// region (an allocation that fails inside a region would abort the process):
+// L·B² Gram / C tiles, dmax·B packed columns, L·(B + W) column sums and the bank values of one
+// chunk.  In elements of T per thread: L·B² + dmax·B + L·(B + W) + 2·L·kChunk.
+template <typename T>
+std::int64_t sweep_scratch_per_thread(int L, std::int64_t B, std::int64_t dmax) {
+  return L * B * B + dmax * B + L * (B + kLanes<T>) +
+         static_cast<std::int64_t>(sizeof(Scratch<T>) / sizeof(T)) + 2 * kLanes<T>;
+}
+
+// Block pair k of round r in the circle method (a round-robin tournament of P = nb rounded up
+// to even "players"): over the P − 1 rounds every pair I < J of blocks meets exactly once and
+// no block plays twice in one round.  Returns false for a pair with the dummy block nb.
+inline bool round_pair(std::int64_t nb, std::int64_t r, std::int64_t k, std::int64_t& I,
+                       std::int64_t& J) {
+  const std::int64_t P = nb + (nb & 1), M = P - 1;
+  std::int64_t a, b;
+  if (k == 0) {
+    a = r;
+    b = M;
+  } else {
+    a = (r + k) % M;
+    b = (r - k + M) % M;
+  }
+  if (a == nb || b == nb) return false;
+  I = std::min(a, b);
+  J = std::max(a, b);
+  return true;
+}
+
+// The whole sweep in one call, with this file's GEMM micro-kernel, over tiles I ≤ J of B rows.
+//
+// Schedule (deterministic): first all diagonal tiles, then the rounds of round_pair.  Within a
+// round no two tiles share a row block, so threads write their tiles' contributions — C·c
+// into the output gradient, row sums, and the block sums of the lower block — straight into
+// shared arrays without atomics or private copies, and every location receives its
+// contributions in round order whatever the thread count.  Values and gradients are therefore
+// bitwise identical across calls and across thread counts.  c[l] is the centred copy
+// (N × ldc[l], columns d_l … ldc[l]−1 zero); gscale multiplies the finished gradient (the
+// power of two undoing the caller's rescaling of c).  `threads` is the most threads to use;
+// the team OpenMP actually grants may be smaller.
 template <typename T>
 void sweep_direct(const Context<T>& cx, const T* const* c, const std::int64_t* ldc,
                   const std::int64_t* dims, std::int64_t B, bool need_grad, T* const* grad,
-                  const std::int64_t* ldgrad, double* sums) {
+                  const std::int64_t* ldgrad, const double* gscale, double* sums, int threads) {
   const std::int64_t N = cx.N;
   const int L = cx.layers;
   const std::int64_t nb = (N + B - 1) / B;
-  std::vector<std::int64_t> row_start(static_cast<std::size_t>(nb) + 1, 0);  // tiles before row I
-  for (std::int64_t I = 0; I < nb; ++I) row_start[I + 1] = row_start[I] + (nb - I);
-  const std::int64_t ntiles = row_start[nb];
+  const std::int64_t P = nb + (nb & 1), rounds = P - 1;
   std::int64_t dsum = 0, dmax = 0;
   for (int l = 0; l < L; ++l) {
     dsum += dims[l];
     dmax = std::max(dmax, ldc[l]);
   }
-  // Threads pay off once the sweep is a few hundred microseconds of work.
-  const bool parallel = ntiles > 1 && N * N * dsum > (std::int64_t(1) << 19);
-  const int nt = parallel ? omp_get_max_threads() : 1;
-  std::vector<std::vector<T>> accs(static_cast<std::size_t>(nt) * L);
-  std::vector<std::vector<double>> rows(static_cast<std::size_t>(nt) * L);
-  std::vector<double> tsums(static_cast<std::size_t>(nt) * 3, 0.0);
+  // Threads pay off once the sweep is a few hundred microseconds of work and a round has at
+  // least two tiles.
+  const bool parallel = threads > 1 && nb > 1 && N * N * dsum > (std::int64_t(1) << 19);
+  const int nt = parallel ? static_cast<int>(std::min<std::int64_t>(threads, (nb + 1) / 2)) : 1;
+  const std::int64_t per = sweep_scratch_per_thread<T>(L, B, dmax);
+  std::unique_ptr<T[]> scratch(new T[static_cast<std::size_t>(per * nt)]);
+  std::vector<double> rows(need_grad ? static_cast<std::size_t>(L * N) : 0, 0.0);
+  std::vector<double> block_sums(static_cast<std::size_t>(3 * nb), 0.0);
   if (need_grad)
     for (int l = 0; l < L; ++l)
-      for (std::int64_t i = 0; i < N; ++i) std::fill(grad[l] + i * ldgrad[l], grad[l] + i * ldgrad[l] + dims[l], T(0));
-#pragma omp parallel num_threads(nt) if (parallel)
+      for (std::int64_t i = 0; i < N; ++i)
+        std::fill(grad[l] + i * ldgrad[l], grad[l] + i * ldgrad[l] + dims[l], T(0));
+#pragma omp parallel num_threads(nt) if (nt > 1)
   {
-    const int t = omp_get_thread_num();
-    // Fully written before being read: left uninitialised (zeroing costs a visible share of a
-    // small batch's sweep).
-    std::unique_ptr<T[]> gbuf(new T[static_cast<std::size_t>(L * B * B)]);
-    std::unique_ptr<T[]> packed(new T[static_cast<std::size_t>(dmax * B)]);
-    std::vector<T> colbuf(static_cast<std::size_t>(L * (B + kLanes<T>)));
-    std::unique_ptr<Scratch<T>> sc(new Scratch<T>);
+    T* mine = scratch.get() + per * thread_index();
     T* G[kMaxLayers] = {};
     T* colsum[kMaxLayers] = {};
     double* rowsum[kMaxLayers] = {};
-    T* acc[kMaxLayers] = {};
-    std::int64_t lda[kMaxLayers] = {};
+    T* bt = mine + L * B * B;
     for (int l = 0; l < L; ++l) {
-      G[l] = gbuf.get() + l * B * B;
-      colsum[l] = colbuf.data() + l * (B + kLanes<T>);
-      if (!need_grad) continue;
-      rows[t * L + l].assign(static_cast<std::size_t>(N), 0.0);
-      rowsum[l] = rows[t * L + l].data();
-      if (t == 0) {
-        acc[l] = grad[l];
-        lda[l] = ldgrad[l];
-      } else {
-        accs[t * L + l].assign(static_cast<std::size_t>(N * dims[l]), T(0));
-        acc[l] = accs[t * L + l].data();
-        lda[l] = dims[l];
-      }
+      G[l] = mine + l * B * B;
+      colsum[l] = bt + dmax * B + l * (B + kLanes<T>);
+      rowsum[l] = need_grad ? rows.data() + l * N : nullptr;
     }
-#pragma omp for schedule(dynamic, 1)
-    for (std::int64_t tix = 0; tix < ntiles; ++tix) {
-      const std::int64_t I =
-          std::upper_bound(row_start.begin(), row_start.end(), tix) - row_start.begin() - 1;
-      const std::int64_t J = I + (tix - row_start[I]);
+    // Scratch<T> holds plain arrays of T: any suitably aligned T storage will do.
+    Scratch<T>& sc = *reinterpret_cast<Scratch<T>*>(colsum[0] + L * (B + kLanes<T>));
+
+    auto tile = [&](std::int64_t I, std::int64_t J) {
       const std::int64_t i0 = I * B, j0 = J * B;
       const std::int64_t i1 = std::min(i0 + B, N), j1 = std::min(j0 + B, N);
       const bool diag = I == J;
       for (int l = 0; l < L; ++l) {
-        const std::int64_t d = dims[l];
-        T* bt = packed.get();
-        pack_transposed<T>(c[l], ldc[l], d, j0, j1, B, bt);
-        gemm<T, false>(i1 - i0, d, B, c[l] + i0 * ldc[l], ldc[l], 1, bt, B, G[l], B);
+        pack_transposed<T>(c[l], ldc[l], dims[l], j0, j1, B, bt);
+        gemm<T, false>(i1 - i0, dims[l], B, c[l] + i0 * ldc[l], ldc[l], 1, bt, B, G[l], B);
       }
       if (need_grad)
         for (int l = 0; l < L; ++l) std::fill(colsum[l], colsum[l] + B + kLanes<T>, T(0));
       epilogue_rows_any<T>(cx, G, B, i0, i0, i1, j0, j1, diag ? j1 : j0, need_grad, rowsum,
-                           colsum, &tsums[3 * t], *sc);
-      if (!need_grad) continue;
+                           colsum, &block_sums[3 * I], sc);
+      if (!need_grad) return;
       for (int l = 0; l < L; ++l) {
         const std::int64_t ld = ldc[l], d = dims[l];
-        gemm<T, true>(i1 - i0, j1 - j0, d, G[l], B, 1, c[l] + j0 * ld, ld, acc[l] + i0 * lda[l],
-                      lda[l]);
+        gemm<T, true>(i1 - i0, j1 - j0, d, G[l], B, 1, c[l] + j0 * ld, ld,
+                      grad[l] + i0 * ldgrad[l], ldgrad[l]);
         if (diag) continue;
-        gemm<T, true>(j1 - j0, i1 - i0, d, G[l], 1, B, c[l] + i0 * ld, ld, acc[l] + j0 * lda[l],
-                      lda[l]);
+        gemm<T, true>(j1 - j0, i1 - i0, d, G[l], 1, B, c[l] + i0 * ld, ld,
+                      grad[l] + j0 * ldgrad[l], ldgrad[l]);
         for (std::int64_t j = j0; j < j1; ++j) rowsum[l][j] += colsum[l][j - j0];
+      }
+    };
+
+#pragma omp for schedule(dynamic, 1)
+    for (std::int64_t I = 0; I < nb; ++I) tile(I, I);
+    for (std::int64_t r = 0; r < rounds; ++r) {
+#pragma omp for schedule(dynamic, 1)
+      for (std::int64_t k = 0; k < P / 2; ++k) {
+        std::int64_t I, J;
+        if (round_pair(nb, r, k, I, J)) tile(I, J);
       }
     }
     if (need_grad) {
-      // Every tile is done (closing barrier of the loop above).  Rows are shared out again:
-      // add the other threads' partial C·c and row sums, then finish
-      // ∂L/∂c_i = 4 (rowsum_i · c_i − (C c)_i) in place, in the same parallel region.
+      // ∂L/∂z_i = gscale · 4 (rowsum_i · c_i − (C c)_i), in place, rows shared out statically.
 #pragma omp for schedule(static)
       for (std::int64_t i = 0; i < N; ++i) {
         for (int l = 0; l < L; ++l) {
           const std::int64_t d = dims[l];
-          double rs = rows[l][i];
           T* gi = grad[l] + i * ldgrad[l];
-          for (int u = 1; u < nt; ++u) {
-            const T* other = accs[u * L + l].data() + i * d;
-#pragma omp simd
-            for (std::int64_t k = 0; k < d; ++k) gi[k] += other[k];
-            rs += rows[u * L + l][i];
-          }
-          const T r = static_cast<T>(rs);
+          const T r = static_cast<T>(rows[l * N + i]);
+          const T f = static_cast<T>(4.0 * gscale[l]);
           const T* ci = c[l] + i * ldc[l];
 #pragma omp simd
-          for (std::int64_t k = 0; k < d; ++k) gi[k] = T(4) * (r * ci[k] - gi[k]);
+          for (std::int64_t k = 0; k < d; ++k) gi[k] = f * (r * ci[k] - gi[k]);
         }
       }
     }
   }
-  for (int t = 0; t < nt; ++t)
-    for (int k = 0; k < 3; ++k) sums[k] += tsums[3 * t + k];
+  for (std::int64_t I = 0; I < nb; ++I)
+    for (int k = 0; k < 3; ++k) sums[k] += block_sums[3 * I + k];
 }

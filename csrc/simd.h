@@ -81,7 +81,9 @@ template <typename T> DK_INLINE vec_t<T> lane_mask(int count) {
   return m;
 }
 
-template <typename T> DK_INLINE vec_t<T> vmax(vec_t<T> a, vec_t<T> b) { return a > b ? a : b; }
+// max(x, 0) that keeps NaN a NaN (a NaN distance must not become distance 0, i.e. maximum
+// similarity).
+template <typename T> DK_INLINE vec_t<T> clamp_nonneg(vec_t<T> x) { return x < T(0) ? vec_t<T>{} : x; }
 
 // exp(x) for x <= 0: Cody–Waite reduction x = n·ln2 + r, |r| <= ln2/2, a Taylor polynomial in r
 // (degree 7 for float, 13 for double: truncation below one ulp) and 2^n built in the exponent

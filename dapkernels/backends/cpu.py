@@ -90,6 +90,6 @@ def mmd_sweep(
     sums = _C.mmd_sweep(
         sp, tp, n, m, cols, srs, unit, trs, unit, dtype, factors, relative, weights,
         [g.data_ptr() for g in grads], cols if need_grad else [],
-        SMALL_TILE if n + m <= 4 * SMALL_TILE else LARGE_TILE,
+        SMALL_TILE if n + m <= 4 * SMALL_TILE else LARGE_TILE, torch.get_num_threads(),
     )
     return sums, grads
