@@ -124,7 +124,9 @@ def test_nested_inside_an_outer_parallel_region():
     x, y = _inputs(700, 600, 40, seed=5)
     expected = _mmd_and_grads(x, y)
     results = _C.call_from_parallel_region(lambda i: _mmd_and_grads(x, y), 2)
-    for r in results:
+    ran = [r for r in results if r is not None]  # one thread only in a build without OpenMP
+    assert len(ran) == (2 if _C.openmp else 1)
+    for r in ran:
         assert _bitwise_equal(r, expected)
 
 
@@ -152,7 +154,8 @@ except MemoryError:
 """
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc and RLIMIT_AS")
+@pytest.mark.skipif(not sys.platform.startswith("linux") or "DAPKERNELS_SANITIZED" in os.environ,
+                    reason="needs /proc and RLIMIT_AS (AddressSanitizer reserves terabytes)")
 @pytest.mark.parametrize("call", ["mmd(x, y, backend='cpu')", "coral(x, y, backend='cpu')"])
 def test_allocation_failure_is_a_memory_error(call):
     """Scratch is allocated before any parallel region: a failed allocation is a Python
