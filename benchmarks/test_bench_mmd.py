@@ -9,7 +9,7 @@ Cases: unbiased estimator, default bank, float32 on CPU, batch ``b`` per domain 
 features, for ours (:func:`dapkernels.mmd`) and the baselines of
 :mod:`dapkernels.train.baselines` — ``tll`` (a), ``deepda`` (b), ``torch`` (c).  A baseline
 whose estimated memory exceeds 4 GiB is skipped.  The full comparison with memory, the GEMM
-floor, JSON and a plot is ``dapkernels bench mmd`` (see :mod:`dapkernels.bench.mmd`).
+GEMM reference time, JSON and a plot is ``dapkernels bench mmd`` (see :mod:`dapkernels.bench.mmd`).
 """
 
 from __future__ import annotations

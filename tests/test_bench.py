@@ -15,7 +15,7 @@ from dapkernels.bench import mmd as bench_mmd
 from dapkernels.bench.cli import add_bench_parser
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-TINY = ["--sizes", "8", "16", "--dims", "16", "--floor-cases", "128:16", "--time-budget", "0"]
+TINY = ["--sizes", "8", "16", "--dims", "16", "--ref-cases", "128:16", "--time-budget", "0"]
 
 
 def _bench_main(argv: list) -> int:
@@ -32,7 +32,7 @@ def test_bench_mmd_quick_end_to_end(tmp_path, capsys) -> None:
     out = tmp_path / "mmd_cpu"
     assert _bench_main(["bench", "mmd", "--quick", "--silent", "--out", str(out)] + TINY) == 0
     printed = capsys.readouterr().out
-    assert "ours/floor" in printed and "vs (a) TLL" in printed
+    assert "ours/ref" in printed and "vs (a) TLL" in printed
     assert (out / "mmd.png").read_bytes()[:8] == PNG_MAGIC
     payload = json.loads((out / "mmd.json").read_text())
     assert {"benchmark", "machine", "config", "summary", "bars", "results"} <= payload.keys()
@@ -47,10 +47,10 @@ def test_bench_mmd_quick_end_to_end(tmp_path, capsys) -> None:
         for impl in bench_mmd.IMPLS[1:]:
             assert _positive_finite(row[f"speedup_{impl}"])
             assert _positive_finite(row[f"speedup_min_{impl}"])
-    (floor,) = payload["summary"]["floor"]
-    assert (floor["N"], floor["d"], floor["status"]) == (128, 16, "ok")
-    assert _positive_finite(floor["ratio"]) and _positive_finite(floor["ratio_min"])
-    assert _positive_finite(floor["floor_s"]) and floor["grad_bytes"] == 128 * 16 * 4
+    (ref,) = payload["summary"]["gemm_ref"]
+    assert (ref["N"], ref["d"], ref["status"]) == (128, 16, "ok")
+    assert _positive_finite(ref["ratio"]) and _positive_finite(ref["ratio_min"])
+    assert _positive_finite(ref["ref_s"]) and ref["grad_bytes"] == 128 * 16 * 4
     for res in payload["results"]:
         assert res["status"] == "ok" and res["timings"]
         for timing in res["timings"].values():
@@ -63,7 +63,7 @@ def test_bench_registers_mmd_with_common_options() -> None:
     args = parser.parse_args(["bench", "mmd", "--device", "cpu", "--quick", "--sizes", "4"])
     assert args.func is bench_mmd.run and args.sizes == [4] and args.quick
     with pytest.raises(SystemExit):
-        parser.parse_args(["bench", "mmd", "--floor-cases", "12x3"])
+        parser.parse_args(["bench", "mmd", "--ref-cases", "12x3"])
 
 
 def test_case_over_budget_is_skipped_and_reported() -> None:
@@ -78,9 +78,9 @@ def test_case_over_budget_is_skipped_and_reported() -> None:
     assert summary["comparison"][0]["ours_s"] > 0 and summary["comparison"][0]["tll_s"] is None
     assert summary["comparison"][0]["speedup_tll"] is None
     assert "skipped" in bench_mmd.report(summary, bench_mmd.evaluate_bars(summary))
-    (floor,) = common.run_cases([common.Case("g", "floor", "x:y", est_bytes=2)], cpu,
+    (ref,) = common.run_cases([common.Case("g", "gemm_ref", "x:y", est_bytes=2)], cpu,
                                 mem_budget_bytes=1)
-    assert floor["status"] == "skipped"
+    assert ref["status"] == "skipped"
 
 
 def test_isolated_case_runs_in_a_subprocess() -> None:
@@ -150,7 +150,7 @@ def test_bars_logic() -> None:
             {"b": 32, "d": 256, "speedup_tll": 12.0, "speedup_torch": 4.0},
             {"b": 512, "d": 256, "speedup_torch": 3.5},
         ],
-        "floor": [
+        "gemm_ref": [
             {"N": 16384, "d": 256, "status": "ok", "ratio": 0.8, "ratio_min": 0.7,
              "peak_mem_bytes": 40 * common.MiB, "grad_bytes": 16 * common.MiB, "ours_s": 1.0},
             {"N": 65536, "d": 64, "status": "ok", "ratio": 1.0, "ratio_min": 1.0,
@@ -162,17 +162,17 @@ def test_bars_logic() -> None:
         "b=32+32 d=256: ours >= 10x faster than (a) TLL": True,
         "b=32+32 d=256: ours >= 5x faster than (c) torch": False,
         "b=512+512 d=256: ours >= 3x faster than (c) torch": True,
-        "N=16384 d=256: ours <= 0.9x GEMM floor": True,
+        "N=16384 d=256: ours <= 0.9x GEMM reference time": True,
         "N=16384 d=256: peak growth beyond gradient <= 64 MiB": True,
         "N=65536 d=64 completes": True,
     }
-    summary["floor"][1]["status"] = "skipped"
+    summary["gemm_ref"][1]["status"] = "skipped"
     skipped = {b["bar"]: b["met"] for b in bench_mmd.evaluate_bars(summary)}
     assert skipped["N=65536 d=64 completes"] is None
-    summary["floor"][1].update(d=256, ratio=1.2, status="ok")
+    summary["gemm_ref"][1].update(d=256, ratio=1.2, status="ok")
     cuda = {b["bar"]: b["met"] for b in bench_mmd.evaluate_bars(summary, "cuda")}
     assert cuda == {"b=32+32 d=256: ours >= 10x faster than (a) TLL": True,
-                    "N=65536 d=256: ours <= 1x GEMM floor": False}
+                    "N=65536 d=256: ours <= 1x GEMM reference time": False}
 
 
 def test_format_helpers() -> None:

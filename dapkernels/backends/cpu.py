@@ -8,7 +8,7 @@ and ``C^l_ij = W_ij ∂k/∂D_l``, one sweep over the tiles ``I ≤ J`` gives th
 The whole sweep is one C++ call for every N: its GEMM micro-kernel, distance/bank/C epilogue
 and C·c products work tile by tile, so Python costs a few microseconds per call.  Handing the
 tile GEMMs to torch's BLAS from a Python loop instead (one fused C++ epilogue per tile) was
-measured slower at every size on the 2-core development machine (1.1–1.5× the GEMM floor at
+measured slower at every size on the 2-core development machine (1.1–1.5× the GEMM reference time at
 N = 16384, d = 256, against 0.6× for the single call), so only the single call is kept.
 Extra memory: the centred copy (N × d) and one N × d accumulator per extra thread.
 

@@ -49,7 +49,7 @@ def _add_common_arguments(parser: argparse.ArgumentParser) -> None:
 def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Adds ``bench`` and one sub-command per entry of :data:`BENCHMARKS`."""
     bench = subparsers.add_parser(
-        "bench", help="benchmarks: ours vs naive baselines and the GEMM floor",
+        "bench", help="benchmarks: ours vs naive baselines and the GEMM reference time",
         description="Benchmarks: time and peak memory of ours vs naive baselines.",
     )
     sub = bench.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")

@@ -4,7 +4,7 @@ A benchmark is a list of :class:`Case` objects.  A case names a *factory*, an im
 ``"package.module:function"`` called as ``factory(device, **params)``; the factory builds the
 inputs once and returns an ordered ``dict`` ``{label: callable}`` of zero-argument callables,
 each running one complete step on those inputs (typically forward + backward of one
-implementation; or a reference such as a GEMM floor).  All callables of a case are measured
+implementation; or a reference such as a GEMM reference time).  All callables of a case are measured
 side by side in one process, so the figures of a case are directly comparable.
 
 :func:`run_cases` measures every case and returns plain dicts (JSON-ready):
@@ -462,6 +462,26 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def _core_info() -> dict:
+    """Instruction-set copy the C++ core dispatches to, its cap, and whether it has OpenMP."""
+    info = {"isa_cap": os.environ.get("DAPKERNELS_ISA") or None}
+    try:
+        from .. import _C
+    except ImportError:
+        return {**info, "core_isa": None, "core_openmp": None}
+    return {**info, "core_isa": _C.isa, "core_openmp": bool(_C.openmp)}
+
+
+def machine_summary(info: dict) -> str:
+    """One printed line naming what a run's figures depend on: CPU model, core ISA, threads."""
+    cap = f" (DAPKERNELS_ISA={info['isa_cap']})" if info.get("isa_cap") else ""
+    line = (f"machine: {info['cpu']}, {info['cpu_count']} cores, C++ core ISA "
+            f"{info.get('core_isa')}{cap}, torch threads {info['torch_threads']}")
+    if info.get("gpu"):
+        line += f", GPU {info['gpu']}"
+    return line
+
+
 def _git_revision() -> dict | None:
     """Commit of the source tree the package runs from, and whether it has local changes."""
     root = Path(__file__).resolve().parents[2]
@@ -488,6 +508,7 @@ def machine_info(device: torch.device) -> dict:
         "cpu": _cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        **_core_info(),
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "mem_available_bytes": available_memory_bytes(torch.device("cpu")),
         "device": str(device),

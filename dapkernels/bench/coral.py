@@ -35,6 +35,7 @@ from .common import (
     format_seconds,
     format_table,
     machine_info,
+    machine_summary,
     run_cases,
     write_bar_chart,
     write_json,
@@ -152,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
                                                              and not args.quick)
     progress = None if args.silent else (lambda msg: print(msg, file=sys.stderr, flush=True))
     machine = machine_info(device)
+    print(machine_summary(machine))
     results = run_cases(cases, device, isolate=isolate, mem_budget_bytes=mem_budget,
                         progress=progress)
     if hasattr(os, "getloadavg"):

@@ -31,6 +31,7 @@ from .common import (
     format_seconds,
     format_table,
     machine_info,
+    machine_summary,
     run_cases,
     write_bar_chart,
     write_json,
@@ -93,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
                                                              and not args.quick)
     progress = None if args.silent else (lambda msg: print(msg, file=sys.stderr, flush=True))
     machine = machine_info(device)
+    print(machine_summary(machine))
     results = run_cases(cases, device, isolate=isolate, progress=progress)
     if hasattr(os, "getloadavg"):
         machine["load_average_end"] = list(os.getloadavg())

@@ -1,4 +1,4 @@
-"""``dapkernels bench mmd``: fused MK-MMD vs the naive baselines and vs the GEMM floor.
+"""``dapkernels bench mmd``: fused MK-MMD vs the naive baselines and vs the GEMM reference time.
 
 Two kinds of cases, all forward + backward (``torch.autograd.grad`` of the loss w.r.t. both
 batches), float32, unbiased estimator, default bank (``GaussianKernels()``: α = 2^-3 … 2^1):
@@ -10,12 +10,13 @@ batches), float32, unbiased estimator, default bank (``GaussianKernels()``: α =
   rounds.  A baseline whose estimated memory exceeds the budget is skipped and the table says
   so.  Speed-ups are baseline time / our time, from medians (and from minima, less sensitive
   to other load on the machine).
-* **Floor** at ``N = n + m`` rows: our time divided by the GEMM floor ``2 · t(Z @ Zᵀ)`` of
-  DESIGN §3, measured in the same process right after ours, on ``Z = cat(source, target)``.
+* **GEMM reference** at ``N = n + m`` rows: our time divided by the reference time
+  ``2 · t(Z @ Zᵀ)`` (a reference, not a floor: the fused sweep beats it) of DESIGN §3,
+  measured in the same process right after ours, on ``Z = cat(source, target)``.
   The GEMM writes into a preallocated output (allocation and page faults are not part of the
-  floor).  When the N×N output would exceed 1 GiB (N > 16384 in float32; at N = 65536 it is
+  reference).  When the N×N output would exceed 1 GiB (N > 16384 in float32; at N = 65536 it is
   16 GiB) it is computed as row blocks ``Z[i:i+B] @ Zᵀ`` of at most 1 GiB each, one after the
-  other into the same buffer, and the floor is the total time of all blocks.
+  other into the same buffer, and the reference is the total time of all blocks.
 
 Peak memory is the growth during one steady-state call beyond the inputs (see
 :mod:`dapkernels.bench.common`); it includes the returned gradients (``grad_bytes`` = N·d·4 is
@@ -46,6 +47,7 @@ from .common import (
     format_seconds,
     format_table,
     machine_info,
+    machine_summary,
     run_cases,
     skipped_result,
     write_bar_chart,
@@ -57,9 +59,9 @@ __all__ = [
     "IMPL_LABELS",
     "FULL_SIZES",
     "FULL_DIMS",
-    "FULL_FLOOR_CASES",
+    "FULL_REF_CASES",
     "make_comparison",
-    "make_floor",
+    "make_gemm_ref",
     "estimate_bytes",
     "build_cases",
     "summarize",
@@ -75,11 +77,11 @@ IMPLS = ("ours", "tll", "deepda", "torch")
 IMPL_LABELS = {"ours": "ours", "tll": "(a) TLL", "deepda": "(b) DeepDA", "torch": "(c) torch"}
 FULL_SIZES = (32, 128, 512, 2048)
 FULL_DIMS = (256, 2048)
-FULL_FLOOR_CASES = ("16384:256", "65536:256", "65536:64")
+FULL_REF_CASES = ("16384:256", "65536:256", "65536:64")
 QUICK_SIZES = (32, 64)
 QUICK_DIMS = (256,)
-QUICK_FLOOR_CASES = ("1024:256",)
-_FLOOR_BLOCK_BYTES = GiB
+QUICK_REF_CASES = ("1024:256",)
+_REF_BLOCK_BYTES = GiB
 _ESTIMATOR = "unbiased"
 _FACTORY = "dapkernels.bench.mmd"
 
@@ -115,16 +117,16 @@ def make_comparison(
     return {impl: _step(_loss(impl), s, t) for impl in impls}
 
 
-def _floor_block_rows(n_total: int) -> int:
-    return max(1, min(n_total, _FLOOR_BLOCK_BYTES // (4 * n_total)))
+def _ref_block_rows(n_total: int) -> int:
+    return max(1, min(n_total, _REF_BLOCK_BYTES // (4 * n_total)))
 
 
-def make_floor(device: torch.device, n_total: int, d: int, seed: int = 0) -> dict:
-    """Factory of a floor case: ``{"ours": step, "gemm": Z @ Zᵀ (row blocks)}`` on one Z."""
+def make_gemm_ref(device: torch.device, n_total: int, d: int, seed: int = 0) -> dict:
+    """Factory of a reference case: ``{"ours": step, "gemm": Z @ Zᵀ (row blocks)}`` on one Z."""
     n = n_total // 2
     s, t = _inputs(device, n, n_total - n, d, seed)
     z = torch.cat([s.detach(), t.detach()])
-    rows = _floor_block_rows(n_total)
+    rows = _ref_block_rows(n_total)
     out = torch.empty(rows, n_total, device=device)
     zt = z.T
 
@@ -156,13 +158,13 @@ def estimate_bytes(impl: str, n_total: int, d: int, device: torch.device) -> int
     return (2 * q + 8) * nn * 4
 
 
-def _parse_floor_case(text: str) -> tuple:
+def _parse_ref_case(text: str) -> tuple:
     try:
         n_total, d = (int(v) for v in text.split(":"))
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"floor case must be N:d, got {text!r}") from exc
+        raise argparse.ArgumentTypeError(f"reference case must be N:d, got {text!r}") from exc
     if n_total < 4 or d < 1:
-        raise argparse.ArgumentTypeError(f"floor case needs N >= 4 and d >= 1, got {text!r}")
+        raise argparse.ArgumentTypeError(f"reference case needs N >= 4 and d >= 1, got {text!r}")
     return n_total, d
 
 
@@ -170,7 +172,7 @@ def build_cases(
     device: torch.device,
     sizes: Sequence[int],
     dims: Sequence[int],
-    floor_cases: Sequence[tuple],
+    ref_cases: Sequence[tuple],
     impls: Sequence[str] = IMPLS,
     time_budget_s: float = 2.0,
     mem_budget_bytes: int | None = None,
@@ -179,7 +181,7 @@ def build_cases(
 
     One comparison case per ``(b, d)`` holding every implementation whose estimated memory
     fits ``mem_budget_bytes`` (default: half the memory available now), measured side by side;
-    the others become ``"skipped"`` entries.  Then one floor case per ``(N, d)``.
+    the others become ``"skipped"`` entries.  Then one reference case per ``(N, d)``.
 
     Returns:
         ``(cases, skipped)``: a list of :class:`~dapkernels.bench.common.Case` and a list of
@@ -205,13 +207,13 @@ def build_cases(
                     params={"impls": [i for i, _ in run], "n": b, "m": b, "d": d},
                     est_bytes=max(e for _, e in run), time_budget_s=time_budget_s,
                 ))
-    for n_total, d in floor_cases:
+    for n_total, d in ref_cases:
         big = n_total * n_total * d > 2**38
         cases.append(Case(
-            group=f"N={n_total} d={d}", name="floor", factory=f"{_FACTORY}:make_floor",
+            group=f"N={n_total} d={d}", name="gemm_ref", factory=f"{_FACTORY}:make_gemm_ref",
             params={"n_total": n_total, "d": d},
             est_bytes=max(estimate_bytes("ours", n_total, d, device),
-                          _floor_block_rows(n_total) * n_total * 4),
+                          _ref_block_rows(n_total) * n_total * 4),
             min_repeats=2 if big else 3, time_budget_s=0.0 if big else time_budget_s,
         ))
     return cases, skipped
@@ -224,33 +226,33 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def summarize(results: Sequence[dict]) -> dict:
-    """Table rows from raw results: ``{"comparison": [...], "floor": [...]}``.
+    """Table rows from raw results: ``{"comparison": [...], "gemm_ref": [...]}``.
 
     Comparison rows: ``b``, ``d``, per impl ``<impl>_s`` (median seconds or None),
     ``<impl>_min_s`` (minimum), ``<impl>_mem`` (peak growth bytes or None), ``<impl>_note``
     (why it is missing) and per baseline ``speedup_<impl>`` = baseline median / our median and
-    ``speedup_min_<impl>`` = baseline minimum / our minimum.  Floor rows: ``N``, ``d``,
-    ``ours_s``, ``floor_s`` (2 × median GEMM), ``ratio`` (ours / floor, medians),
+    ``speedup_min_<impl>`` = baseline minimum / our minimum.  Reference rows: ``N``, ``d``,
+    ``ours_s``, ``ref_s`` (2 × median GEMM), ``ratio`` (ours / ref, medians),
     ``ratio_min`` (from the minima), ``peak_mem_bytes``, ``grad_bytes``, ``block_rows``.
     """
     comparison: dict = {}
-    floor = []
+    ref = []
     for res in results:
         p = res["params"]
         ok = res["status"] == "ok"
-        if res["name"] == "floor":
+        if res["name"] == "gemm_ref":
             row = {"N": p["n_total"], "d": p["d"], "status": res["status"],
                    "note": res.get("reason", ""), "grad_bytes": p["n_total"] * p["d"] * 4,
-                   "block_rows": _floor_block_rows(p["n_total"]),
-                   "ours_s": None, "floor_s": None, "ratio": None, "ratio_min": None,
+                   "block_rows": _ref_block_rows(p["n_total"]),
+                   "ours_s": None, "ref_s": None, "ratio": None, "ratio_min": None,
                    "peak_mem_bytes": None}
             if ok:
                 gemm = res["timings"]["gemm"]
-                row.update(ours_s=res["median_s"], floor_s=2 * gemm["median_s"],
+                row.update(ours_s=res["median_s"], ref_s=2 * gemm["median_s"],
                            ratio=_ratio(res["median_s"], 2 * gemm["median_s"]),
                            ratio_min=_ratio(res["min_s"], 2 * gemm["min_s"]),
                            peak_mem_bytes=res["peak_mem_bytes"])
-            floor.append(row)
+            ref.append(row)
             continue
         row = comparison.setdefault((p["n"], p["d"]), {"b": p["n"], "d": p["d"]})
         for impl in p["impls"]:
@@ -264,7 +266,7 @@ def summarize(results: Sequence[dict]) -> dict:
         for impl in IMPLS[1:]:
             row[f"speedup_{impl}"] = _ratio(row.get(f"{impl}_s"), row.get("ours_s"))
             row[f"speedup_min_{impl}"] = _ratio(row.get(f"{impl}_min_s"), row.get("ours_min_s"))
-    return {"comparison": rows, "floor": floor}
+    return {"comparison": rows, "gemm_ref": ref}
 
 
 def evaluate_bars(summary: dict, device_type: str = "cpu") -> list:
@@ -275,7 +277,7 @@ def evaluate_bars(summary: dict, device_type: str = "cpu") -> list:
         judges), ``value_min`` from minima where it applies, ``met`` None when not measured.
     """
     comp = {(r["b"], r["d"]): r for r in summary["comparison"]}
-    floor = {(r["N"], r["d"]): r for r in summary["floor"]}
+    ref = {(r["N"], r["d"]): r for r in summary["gemm_ref"]}
     bars = []
 
     def add(name: str, value: float | None, met: bool | None, value_min: float | None = None
@@ -289,28 +291,28 @@ def evaluate_bars(summary: dict, device_type: str = "cpu") -> list:
             add(f"b={b}+{b} d=256: ours >= {need:g}x faster than {IMPL_LABELS[impl]}", v,
                 None if v is None else v >= need, row.get(f"speedup_min_{impl}"))
 
-    def floor_ratio(n_total: int, need: float) -> dict | None:
-        row = floor.get((n_total, 256))
+    def ref_ratio(n_total: int, need: float) -> dict | None:
+        row = ref.get((n_total, 256))
         if row is not None:
             v = row["ratio"]
-            add(f"N={n_total} d=256: ours <= {need:g}x GEMM floor", v,
+            add(f"N={n_total} d=256: ours <= {need:g}x GEMM reference time", v,
                 None if v is None else v <= need, row["ratio_min"])
         return row
 
     speedup(32, "tll", 10.0)
     if device_type == "cuda":
-        floor_ratio(65536, 1.0)
+        ref_ratio(65536, 1.0)
         return bars
     speedup(32, "torch", 5.0)
     speedup(512, "torch", 3.0)
     speedup(2048, "torch", 5.0)
-    row = floor_ratio(16384, 0.9)
+    row = ref_ratio(16384, 0.9)
     if row is not None:
         mem = row["peak_mem_bytes"]
         extra = None if mem is None else mem - row["grad_bytes"]
         add("N=16384 d=256: peak growth beyond gradient <= 64 MiB",
             None if extra is None else extra / MiB, None if extra is None else extra <= 64 * MiB)
-    row = floor.get((65536, 64))
+    row = ref.get((65536, 64))
     if row is not None:
         done = {"ok": True, "failed": False}.get(row["status"])  # skipped: not measured
         add("N=65536 d=64 completes", row["ours_s"], done)
@@ -326,7 +328,7 @@ def _speedup_cell(row: dict, impl: str) -> str:
 
 
 def report(summary: dict, bars: Sequence[dict]) -> str:
-    """The printed report: comparison table, floor table, skip notes, bars."""
+    """The printed report: comparison table, GEMM reference table, skip notes, bars."""
     cols: list = [("b/domain", "b"), ("d", "d")]
     for impl in IMPLS:
         cols.append((f"{IMPL_LABELS[impl]} time",
@@ -342,20 +344,20 @@ def report(summary: dict, bars: Sequence[dict]) -> str:
              for r in summary["comparison"] for i in IMPLS if r.get(f"{i}_note")]
     if notes:
         parts += ["Not measured:"] + notes
-    if summary["floor"]:
+    if summary["gemm_ref"]:
         fcols = [
             ("N", "N"), ("d", "d"),
             ("ours", lambda r: format_seconds(r["ours_s"])),
-            ("floor 2·t(ZZᵀ)", lambda r: format_seconds(r["floor_s"])),
-            ("ours/floor", lambda r: "-" if r["ratio"] is None else f"{r['ratio']:.2f}"),
+            ("GEMM ref. 2·t(ZZᵀ)", lambda r: format_seconds(r["ref_s"])),
+            ("ours/ref", lambda r: "-" if r["ratio"] is None else f"{r['ratio']:.2f}"),
             ("(minima)", lambda r: "-" if r["ratio_min"] is None else f"{r['ratio_min']:.2f}"),
             ("peak growth", lambda r: format_bytes(r["peak_mem_bytes"])),
             ("gradient", lambda r: format_bytes(r["grad_bytes"])),
             ("GEMM rows/block", "block_rows"),
             ("status", lambda r: r["status"] if not r["note"] else f"{r['status']}: {r['note']}"),
         ]
-        parts += ["", "Ours vs the GEMM floor (same Z, same process)",
-                  format_table(summary["floor"], fcols)]
+        parts += ["", "Ours vs the GEMM reference time (same Z, same process)",
+                  format_table(summary["gemm_ref"], fcols)]
     if bars:
         parts += ["", "Bars"]
         for bar in bars:
@@ -378,12 +380,12 @@ def _chart_panels(summary: dict) -> list:
          "ylabel": "x faster", "hline": 1.0,
          "series": {IMPL_LABELS[i]: [r.get(f"speedup_{i}") for r in comp] for i in IMPLS[1:]}},
     ]
-    if summary["floor"]:
+    if summary["gemm_ref"]:
         panels.append({
-            "title": "Ours / GEMM floor 2·t(Z Zᵀ) (lower is better)", "logy": False,
-            "xlabels": [f"N={r['N']} d={r['d']}" for r in summary["floor"]],
+            "title": "Ours / GEMM reference time 2·t(Z Zᵀ) (lower is better)", "logy": False,
+            "xlabels": [f"N={r['N']} d={r['d']}" for r in summary["gemm_ref"]],
             "ylabel": "ratio", "hline": 1.0,
-            "series": {"ours / floor": [r["ratio"] for r in summary["floor"]]},
+            "series": {"ours / ref": [r["ratio"] for r in summary["gemm_ref"]]},
         })
     return panels
 
@@ -421,10 +423,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dims", type=int, nargs="+", metavar="D",
                         help=f"feature sizes (default {' '.join(map(str, FULL_DIMS))}; "
                              f"--quick: {' '.join(map(str, QUICK_DIMS))})")
-    parser.add_argument("--floor-cases", type=_parse_floor_case, nargs="*", metavar="N:D",
-                        help=f"ours vs GEMM floor at N rows, d features (default "
-                             f"{' '.join(FULL_FLOOR_CASES)}; --quick: "
-                             f"{' '.join(QUICK_FLOOR_CASES)}); give none to skip")
+    parser.add_argument("--ref-cases", type=_parse_ref_case, nargs="*", metavar="N:D",
+                        help=f"ours vs GEMM reference time at N rows, d features (default "
+                             f"{' '.join(FULL_REF_CASES)}; --quick: "
+                             f"{' '.join(QUICK_REF_CASES)}); give none to skip")
     parser.add_argument("--impls", nargs="+", choices=IMPLS, default=list(IMPLS),
                         help="implementations to compare (default: all)")
 
@@ -434,11 +436,11 @@ def run(args: argparse.Namespace) -> int:
     device = torch.device(args.device)
     sizes = args.sizes or (QUICK_SIZES if args.quick else FULL_SIZES)
     dims = args.dims or (QUICK_DIMS if args.quick else FULL_DIMS)
-    if args.floor_cases is None:
-        floor_cases = [_parse_floor_case(c)
-                       for c in (QUICK_FLOOR_CASES if args.quick else FULL_FLOOR_CASES)]
+    if args.ref_cases is None:
+        ref_cases = [_parse_ref_case(c)
+                       for c in (QUICK_REF_CASES if args.quick else FULL_REF_CASES)]
     else:
-        floor_cases = args.floor_cases
+        ref_cases = args.ref_cases
     impls = [i for i in IMPLS if i in args.impls]
     if "ours" not in impls:
         impls.insert(0, "ours")
@@ -447,10 +449,11 @@ def run(args: argparse.Namespace) -> int:
         mem_budget = int(args.mem_budget_gib * GiB)
     else:
         mem_budget = available_memory_bytes(device) // 2
-    cases, skipped = build_cases(device, sizes, dims, floor_cases, impls, time_budget_s=budget,
+    cases, skipped = build_cases(device, sizes, dims, ref_cases, impls, time_budget_s=budget,
                                  mem_budget_bytes=mem_budget)
     progress = None if args.silent else (lambda msg: print(msg, file=sys.stderr, flush=True))
     machine = machine_info(device)
+    print(machine_summary(machine))
     isolate = args.isolate
     if isolate is None:  # quick runs stay in process (seconds); full CPU runs isolate each case
         isolate = device.type == "cpu" and not args.quick
@@ -470,7 +473,7 @@ def run(args: argparse.Namespace) -> int:
                    "kernels": {"alphas": list(GaussianKernels().alphas)},
                    "ours_backend": backends.resolve(None, device), "quick": bool(args.quick),
                    "isolate": isolate, "time_budget_s": budget, "sizes": list(sizes),
-                   "dims": list(dims), "floor_cases": [list(c) for c in floor_cases]},
+                   "dims": list(dims), "ref_cases": [list(c) for c in ref_cases]},
         "summary": summary,
         "bars": bars,
         "results": results,
