@@ -6,8 +6,9 @@ from collections.abc import Sequence
 
 import torch
 
-_CPU_DTYPES = (torch.float32, torch.float64)
+_CPU_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _GPU_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_HALF = (torch.float16, torch.bfloat16)
 
 
 def as_features(x: object, name: str) -> torch.Tensor:
@@ -29,6 +30,18 @@ def as_features(x: object, name: str) -> torch.Tensor:
     if flat.shape[1] == 0:
         raise ValueError(f"{name} has no features (shape {tuple(x.shape)})")
     return flat
+
+
+def cpu_compute_view(x: torch.Tensor) -> torch.Tensor:
+    """float16 / bfloat16 CPU features (e.g. from ``torch.autocast("cpu")``) as float32.
+
+    The CPU kernels compute in float32 / float64 only; the cast is an autograd op, so the
+    gradient flows back to ``x`` in its own dtype.  Other tensors are returned unchanged (the
+    GPU kernels take half precision natively).
+    """
+    if x.dtype in _HALF and x.device.type == "cpu":
+        return x.to(torch.float32)
+    return x
 
 
 def check_same_space(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str) -> None:

@@ -12,24 +12,17 @@ from collections.abc import Sequence
 import torch
 
 from . import backends
-from ._validation import as_features, check_same_space
+from ._validation import as_features, check_same_space, cpu_compute_view
 from .kernels import GaussianKernels
 from .ops.coral import fused_coral, log_coral
 from .ops.grl import grad_reverse
-from .ops.mmd import fused_mmd, linear_mmd
+from .ops.mmd import compiled_mmd, fused_mmd, linear_mmd
+from .ops.mmd import estimator_weights as _estimator_weights
 
 __all__ = ["mmd", "jmmd", "coral", "grad_reverse"]
 
 ESTIMATORS = ("biased", "unbiased", "linear")
 _DEFAULT_KERNELS = GaussianKernels()
-
-
-def _estimator_weights(estimator: str, n: int, m: int, k0: float) -> tuple:
-    """``(w_ss, w_st, w_tt), c`` such that the estimate is ``Σ w·S + c`` (k0 = k(0))."""
-    if estimator == "biased":
-        return (1.0 / (n * n), -1.0 / (n * m), 1.0 / (m * m)), 0.0
-    w_ss, w_tt = 1.0 / (n * (n - 1)), 1.0 / (m * (m - 1))
-    return (w_ss, -1.0 / (n * m), w_tt), -(n * k0 * w_ss + m * k0 * w_tt)
 
 
 def _check_estimator(estimator: str, n: int, m: int) -> None:
@@ -75,7 +68,9 @@ def jmmd(
         backend: force ``"reference"``, ``"cpu"`` or ``"triton"`` (default: by device).
 
     Returns:
-        0-dim tensor (float32 for half-precision inputs, else the input dtype).
+        0-dim tensor (float32 for half-precision inputs, else the input dtype).  float16 /
+        bfloat16 CPU inputs (``torch.autocast("cpu")``) are computed in float32; their
+        gradient comes back in their own dtype.
     """
     if isinstance(sources, torch.Tensor) or isinstance(targets, torch.Tensor):
         raise TypeError("sources and targets must be sequences of tensors (one per layer)")
@@ -110,6 +105,8 @@ def jmmd(
                 f"every layer must share the batch: sources[{i}] has {s.shape[0]} rows "
                 f"(expected {n}), targets[{i}] has {t.shape[0]} (expected {m})"
             )
+    srcs = [cpu_compute_view(s) for s in srcs]
+    tgts = [cpu_compute_view(t) for t in tgts]
     return _joint_mmd(srcs, tgts, kernels, estimator, backend)
 
 
@@ -141,9 +138,14 @@ def _joint_mmd(srcs, tgts, kernels, estimator, backend) -> torch.Tensor:
         factors = [k.sigma2_factors for k in kernels]
         relative = [k.relative for k in kernels]
         return linear_mmd(srcs, tgts, factors, relative)
-    factors, relative, weights, const = _fused_plan(tuple(kernels), estimator, n, m)
     name = backends.resolve(backend, srcs[0].device)
     out_dtype = _out_dtype(srcs[0].dtype)
+    if torch.compiler.is_compiling():
+        # no weights from (possibly symbolic) batch sizes in the graph: the op forms them
+        _check_estimator(estimator, n, m)
+        return compiled_mmd(srcs, tgts, [k.sigma2_factors for k in kernels],
+                            [k.relative for k in kernels], estimator, name, out_dtype)
+    factors, relative, weights, const = _fused_plan(tuple(kernels), estimator, n, m)
     return fused_mmd(srcs, tgts, factors, relative, weights, const, name, out_dtype)
 
 
@@ -178,13 +180,16 @@ def mmd(
             ``DAPKERNELS_BACKEND`` environment variable).
 
     Returns:
-        0-dim tensor (float32 for half-precision inputs, else the input dtype).
+        0-dim tensor (float32 for half-precision inputs, else the input dtype).  float16 /
+        bfloat16 CPU inputs (``torch.autocast("cpu")``) are computed in float32; their
+        gradient comes back in their own dtype.
     """
     if kernels is not None and not isinstance(kernels, GaussianKernels):
         raise TypeError(f"kernels must be GaussianKernels, got {type(kernels).__name__}")
     s = as_features(source, "source")
     t = as_features(target, "target")
     check_same_space(s, t, "source", "target")
+    s, t = cpu_compute_view(s), cpu_compute_view(t)
     return _joint_mmd([s], [t], [kernels or _DEFAULT_KERNELS], estimator, backend)
 
 
@@ -221,7 +226,9 @@ def coral(
             ``DAPKERNELS_BACKEND`` environment variable).
 
     Returns:
-        0-dim tensor (float32 for half-precision inputs, else the input dtype).
+        0-dim tensor (float32 for half-precision inputs, else the input dtype).  float16 /
+        bfloat16 CPU inputs (``torch.autocast("cpu")``) are computed in float32; their
+        gradient comes back in their own dtype.
     """
     s = as_features(f_s, "f_s")
     t = as_features(f_t, "f_t")
@@ -231,6 +238,7 @@ def coral(
             f"CORAL estimates covariances and needs at least 2 samples per domain, got f_s "
             f"batch {s.shape[0]} and f_t batch {t.shape[0]}"
         )
+    s, t = cpu_compute_view(s), cpu_compute_view(t)
     if log:
         if not eps > 0:
             raise ValueError(f"eps must be positive, got {eps}")

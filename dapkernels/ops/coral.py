@@ -5,15 +5,23 @@
 Eager calls use a lean ``torch.autograd.Function``; under ``torch.compile`` the same sweep is
 reached through the ``dapkernels::coral_fused`` custom op (fake + autograd registered), so
 compiled graphs do not break.
+
+Double backward (``create_graph=True``): when the backward pass is itself recorded, both
+routes recompute the gradient from the saved inputs with differentiable float64 torch ops
+(:func:`dapkernels.backends.reference.coral_grad_formula`, Gram form when n_s + n_t < d), so
+second derivatives are exact; otherwise backward only scales the stored gradient.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from types import ModuleType
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from .. import backends
+from .._validation import check_finite
 from ..backends import reference
 from ._autograd import direct_apply, scale_grad
 
@@ -35,6 +43,43 @@ def _path(xs: torch.Tensor, xt: torch.Tensor) -> str:
     return "gram" if xs.shape[0] + xt.shape[0] < xs.shape[1] else "cov"
 
 
+def _mul(grad: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
+    return grad_out.to(grad.dtype) * grad
+
+
+def input_grads(
+    saved: Sequence[torch.Tensor],
+    grad_out: torch.Tensor,
+    needs: Sequence[bool],
+    scale: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = _mul,
+) -> tuple:
+    """Backward of the CORAL op, shared by the eager Function and the custom op.
+
+    Args:
+        saved: ``(gs, gt, xs, xt)`` (the stored gradients, then the inputs), or ``(xs, xt)``
+            when the forward ran without gradients.
+        grad_out: 0-dim incoming gradient.
+        needs: whether the gradients of ``xs`` and ``xt`` are wanted.
+        scale: ``(stored gradient, grad_out) → gradient`` of the ordinary path.
+
+    Returns:
+        ``(grad_xs, grad_xt)`` (None where not needed): the stored gradients scaled by
+        ``grad_out``, or, when the backward is being recorded (``create_graph=True``),
+        ``grad_out · ∂L/∂X`` recomputed differentiably by
+        :func:`~dapkernels.backends.reference.coral_grad_formula` (float64).
+    """
+    if len(saved) == 2:
+        return None, None
+    gs, gt, xs, xt = saved
+    if torch.is_grad_enabled():
+        go = grad_out.to(torch.float64)
+        es, et = reference.coral_grad_formula(xs, xt, _path(xs, xt))
+        gs, gt = (es * go).to(xs.dtype), (et * go).to(xt.dtype)
+    else:
+        gs, gt = scale(gs, grad_out), scale(gt, grad_out)
+    return gs if needs[0] else None, gt if needs[1] else None
+
+
 class _CoralFunction(torch.autograd.Function):
     """Eager path: forward runs the sweep, backward scales the stored gradients."""
 
@@ -43,28 +88,20 @@ class _CoralFunction(torch.autograd.Function):
         need_grad = ctx.needs_input_grad[2] or ctx.needs_input_grad[3]
         if backend == "cpu":  # lean path: a float from C++, one tensor creation
             value, grads = _module(backend).coral_sweep_float(xs, xt, need_grad)
-            ctx.save_for_backward(*grads)
+            ctx.save_for_backward(*grads, xs, xt)
             return torch.scalar_tensor(value, dtype=out_dtype)
         module = _module(backend)
         if hasattr(module, "coral_loss"):  # the value in out_dtype straight from the kernel
             value, grads = module.coral_loss(xs, xt, need_grad, _path(xs, xt), out_dtype)
         else:
             value, grads = _sweep(xs, xt, need_grad, backend)
-        ctx.save_for_backward(*grads)
+        ctx.save_for_backward(*grads, xs, xt)
         return value.to(device=xs.device, dtype=out_dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
-        if not ctx.saved_tensors:
-            return None, None, None, None
-        gs, gt = ctx.saved_tensors
-        need_s, need_t = ctx.needs_input_grad[2], ctx.needs_input_grad[3]
-        return (
-            None,
-            None,
-            scale_grad(gs, grad_out) if need_s else None,
-            scale_grad(gt, grad_out) if need_t else None,
-        )
+        gs, gt = input_grads(ctx.saved_tensors, grad_out, ctx.needs_input_grad[2:], scale_grad)
+        return None, None, gs, gt
 
 
 _apply = direct_apply(_CoralFunction)
@@ -82,19 +119,20 @@ def coral_fused(
 @coral_fused.register_fake
 def _(xs, xt, need_grad, backend):
     value = xs.new_empty((), dtype=torch.float64)
-    return [value] + ([torch.empty_like(xs), torch.empty_like(xt)] if need_grad else [])
+    # the real op returns contiguous gradients whatever the inputs' layout (not empty_like,
+    # which would copy a transposed input's strides)
+    if not need_grad:
+        return [value]
+    return [value] + [torch.empty(x.shape, dtype=x.dtype, device=x.device) for x in (xs, xt)]
 
 
 def _setup_context(ctx, inputs, output):
-    ctx.save_for_backward(*output[1:])
+    ctx.save_for_backward(*output[1:], inputs[0], inputs[1])
 
 
 def _backward(ctx, grad_outputs):
-    grad_value = grad_outputs[0]
-    if not ctx.saved_tensors:
-        return None, None, None, None
-    gs, gt = ctx.saved_tensors
-    return grad_value.to(gs.dtype) * gs, grad_value.to(gt.dtype) * gt, None, None
+    gs, gt = input_grads(ctx.saved_tensors, grad_outputs[0], (True, True))
+    return gs, gt, None, None
 
 
 coral_fused.register_autograd(_backward, setup_context=_setup_context)
@@ -137,7 +175,10 @@ class _SymLog(torch.autograd.Function):
         return (vec * f) @ vec.mT
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
+        # once_differentiable: the formula uses the eigendecomposition as constants, so its own
+        # derivative would be wrong; differentiating it again raises instead.
         lam, vec, f, fp = ctx.saved_tensors
         dl = lam[:, None] - lam[None, :]
         df = f[:, None] - f[None, :]
@@ -152,7 +193,22 @@ class _SymLog(torch.autograd.Function):
 def log_coral(
     xs: torch.Tensor, xt: torch.Tensor, eps: float, out_dtype: torch.dtype
 ) -> torch.Tensor:
-    """``‖log C_s − log C_t‖_F² / (4d²)`` evaluated in float64 (always the d×d path, O(d³))."""
+    """``‖log C_s − log C_t‖_F² / (4d²)`` evaluated in float64 (always the d×d path, O(d³)).
+
+    Args:
+        xs: (n_s, d), xt: (n_t, d) features, n ≥ 2.
+        eps: eigenvalue floor (> 0).
+        out_dtype: dtype of the 0-dim result.
+
+    Raises:
+        ValueError: non-finite features on CPU tensors (CUDA tensors are not checked: the
+            check would synchronise with the host).
+
+    First derivatives only: differentiating the gradient again (``create_graph=True``) raises.
+    """
+    if xs.device.type == "cpu":
+        check_finite(xs, "f_s")
+        check_finite(xt, "f_t")
     d = xs.shape[1]
     x64s, x64t = xs.to(torch.float64), xt.to(torch.float64)
     zs = x64s - x64s.mean(dim=0, keepdim=True)

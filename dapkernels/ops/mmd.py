@@ -3,16 +3,26 @@
 ``L = w_ss S_ss + 2 w_st S_st + w_tt S_tt + c`` where ``S_ab`` are the block sums of the
 (joint) kernel; the backend computes the unscaled gradient ∂L/∂Z in the same sweep and the
 backward pass only multiplies it by ``grad_output``.
+
+Double backward (``create_graph=True``, e.g. a gradient penalty): when the backward pass is
+itself recorded (``torch.is_grad_enabled()`` inside backward), it recomputes ∂L/∂Z from the
+saved inputs with differentiable float64 torch ops
+(:func:`dapkernels.backends.reference.mmd_grad_formula`: dense, O(N²) memory) instead of
+scaling the stored gradient, so second derivatives are exact.  The relative bandwidths are
+recomputed from the inputs inside that formula: the second derivative is the exact derivative
+of the backward function (the first derivative holds the bandwidth fixed).
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
 from .. import backends
+from .._validation import check_finite
+from ..backends import reference
 from ._autograd import direct_apply, scale_grad
 
 
@@ -48,6 +58,52 @@ def _sweep(sources, targets, factors, relative, weights, const, need_grad, backe
     return _value(sums, weights, const, dtype), grads
 
 
+def _mul(grad: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
+    return grad_out.to(grad.dtype) * grad
+
+
+def input_grads(
+    saved: Sequence[torch.Tensor],
+    n: int,
+    bank: tuple,
+    grad_out: torch.Tensor,
+    needs: Sequence[bool],
+    scale: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = _mul,
+) -> tuple[list, list]:
+    """Backward of the fused op, shared by the eager Function and the custom op.
+
+    Args:
+        saved: ``(*grads, *sources, *targets)``: the L stored gradients (N, d_l) (none when the
+            forward ran without one), then the 2L inputs.
+        n: source rows.
+        bank: ``(factors, relative, weights)``.
+        grad_out: 0-dim incoming gradient.
+        needs: per input tensor (sources then targets), whether its gradient is wanted.
+        scale: ``(stored gradient, grad_out) → gradient`` of the ordinary path.
+
+    Returns:
+        per layer, the source and the target gradients (None where not needed): the stored
+        gradient scaled by ``grad_out``, or, when the backward is being recorded
+        (``create_graph=True``), ``grad_out · ∂L/∂z_l`` recomputed differentiably from the
+        inputs by :func:`~dapkernels.backends.reference.mmd_grad_formula` (dense, float64).
+    """
+    layers = len(needs) // 2
+    inputs = saved[len(saved) - 2 * layers:]
+    if len(saved) == 2 * layers:  # forward ran without gradients
+        return [None] * layers, [None] * layers
+    if torch.is_grad_enabled():
+        factors, relative, weights = bank
+        exact = reference.mmd_grad_formula(inputs[:layers], inputs[layers:], factors, relative,
+                                           weights)
+        go = grad_out.to(torch.float64)
+        grads = [(g * go).to(x.dtype) for g, x in zip(exact, inputs[:layers])]
+    else:
+        grads = [scale(g, grad_out) for g in saved[:layers]]
+    src = [g[:n] if needs[l] else None for l, g in enumerate(grads)]
+    tgt = [g[n:] if needs[layers + l] else None for l, g in enumerate(grads)]
+    return src, tgt
+
+
 class _FusedMMDFunction(torch.autograd.Function):
     """Eager path: forward sweeps, backward scales the stored gradients.
 
@@ -63,24 +119,15 @@ class _FusedMMDFunction(torch.autograd.Function):
             tensors[:layers], tensors[layers:], factors, relative, weights, const,
             any(ctx.needs_input_grad), backend, out_dtype,
         )
-        ctx.n = n
-        ctx.save_for_backward(*grads)
+        ctx.n, ctx.bank = n, (factors, relative, weights)
+        ctx.save_for_backward(*grads, *tensors)
         return value
 
     @staticmethod
     def backward(ctx, grad_out):
-        grads = ctx.saved_tensors
-        needs = ctx.needs_input_grad
-        if not grads:
-            return (None,) * len(needs)
-        n, layers = ctx.n, len(grads)
-        src, tgt = [None] * layers, [None] * layers
-        for l, g in enumerate(grads):
-            scaled = scale_grad(g, grad_out)
-            if needs[1 + l]:
-                src[l] = scaled[:n]
-            if needs[1 + layers + l]:
-                tgt[l] = scaled[n:]
+        saved = ctx.saved_tensors
+        needs = ctx.needs_input_grad[1:]
+        src, tgt = input_grads(saved, ctx.n, ctx.bank, grad_out, needs, scale_grad)
         return (None, *src, *tgt)
 
 
@@ -95,6 +142,26 @@ def _split(flat: Sequence[float], counts: Sequence[int]) -> list[list[float]]:
     return out
 
 
+def estimator_weights(estimator: str, n: int, m: int, k0: float) -> tuple:
+    """``(w_ss, w_st, w_tt), c`` such that the estimate is ``Σ w·S + c`` (k0 = k(0)).
+
+    ``"biased"``: ``(1/n², −1/(nm), 1/m²), 0``; ``"unbiased"``:
+    ``(1/(n(n−1)), −1/(nm), 1/(m(m−1))), −k0·(1/(n−1) + 1/(m−1))``.
+    """
+    if estimator == "biased":
+        return (1.0 / (n * n), -1.0 / (n * m), 1.0 / (m * m)), 0.0
+    w_ss, w_tt = 1.0 / (n * (n - 1)), 1.0 / (m * (m - 1))
+    return (w_ss, -1.0 / (n * m), w_tt), -(n * k0 * w_ss + m * k0 * w_tt)
+
+
+def _op_plan(sources, targets, counts, estimator) -> tuple:
+    """``(weights, const)`` of the custom op, from the concrete batch sizes of its inputs."""
+    k0 = 1.0
+    for c in counts:
+        k0 *= c
+    return estimator_weights(estimator, sources[0].shape[0], targets[0].shape[0], k0)
+
+
 @torch.library.custom_op("dapkernels::mmd_fused", mutates_args=())
 def mmd_fused(
     sources: list[torch.Tensor],
@@ -102,12 +169,18 @@ def mmd_fused(
     factors: list[float],
     counts: list[int],
     relative: list[bool],
-    weights: list[float],
-    const: float,
+    estimator: str,
     need_grad: bool,
     backend: str,
 ) -> list[torch.Tensor]:
-    """Compiled path: returns ``[value (float64, 0-dim), *grads]``, grads (n + m, d_l)."""
+    """Compiled path: returns ``[value (float64, 0-dim), *grads]``, grads (n + m, d_l),
+    contiguous, in the inputs' dtype.
+
+    The estimator is passed by name, not as weights: its weights depend on the batch sizes,
+    and under ``torch.compile(dynamic=True)`` floats computed from symbolic sizes would be
+    specialised (one recompilation per batch size, or a failing guard).
+    """
+    weights, const = _op_plan(sources, targets, counts, estimator)
     value, grads = _sweep(
         sources, targets, _split(factors, counts), relative, weights, const, need_grad,
         backend, torch.float64,
@@ -116,28 +189,26 @@ def mmd_fused(
 
 
 @mmd_fused.register_fake
-def _(sources, targets, factors, counts, relative, weights, const, need_grad, backend):
+def _(sources, targets, factors, counts, relative, estimator, need_grad, backend):
     value = sources[0].new_empty((), dtype=torch.float64)
     if not need_grad:
         return [value]
-    return [value] + [s.new_empty((s.shape[0] + t.shape[0], s.shape[1]))
-                      for s, t in zip(sources, targets)]
+    return [value] + [torch.empty((s.shape[0] + t.shape[0], s.shape[1]), dtype=s.dtype,
+                                  device=s.device) for s, t in zip(sources, targets)]
 
 
 def _setup_context(ctx, inputs, output):
-    ctx.n = inputs[0][0].shape[0]
-    ctx.save_for_backward(*output[1:])
+    sources, targets, factors, counts, relative, estimator = inputs[:6]
+    weights, _ = _op_plan(sources, targets, counts, estimator)
+    ctx.n, ctx.layers = sources[0].shape[0], len(sources)
+    ctx.bank = (_split(factors, counts), list(relative), list(weights))
+    ctx.save_for_backward(*output[1:], *sources, *targets)
 
 
 def _backward(ctx, grad_outputs):
-    grad_value = grad_outputs[0]
-    grads = ctx.saved_tensors
-    if not grads:
-        return None, None, None, None, None, None, None, None, None
-    scaled = [grad_value.to(g.dtype) * g for g in grads]
-    n = ctx.n
-    return ([g[:n] for g in scaled], [g[n:] for g in scaled],
-            None, None, None, None, None, None, None)
+    src, tgt = input_grads(ctx.saved_tensors, ctx.n, ctx.bank, grad_outputs[0],
+                           [True] * (2 * ctx.layers))
+    return src, tgt, None, None, None, None, None, None
 
 
 mmd_fused.register_autograd(_backward, setup_context=_setup_context)
@@ -160,20 +231,28 @@ def fused_mmd(
         factors, relative: per layer, the bank (see ``backends.reference.mmd_sweep``).
         weights, const: ``L = w_ss S_ss + 2 w_st S_st + w_tt S_tt + const``.
     """
-    if torch.compiler.is_compiling():
-        need_grad = torch.is_grad_enabled() and any(
-            x.requires_grad for x in (*sources, *targets)
-        )
-        flat = [float(f) for fs in factors for f in fs]
-        counts = [len(fs) for fs in factors]
-        out = mmd_fused(
-            list(sources), list(targets), flat, counts, list(relative), list(weights), const,
-            need_grad, backend,
-        )
-        return out[0].to(out_dtype)
     n = sources[0].shape[0]
     plan = (n, factors, relative, weights, const, backend, out_dtype)
     return _apply(plan, *sources, *targets)
+
+
+def compiled_mmd(
+    sources: Sequence[torch.Tensor],
+    targets: Sequence[torch.Tensor],
+    factors: Sequence[Sequence[float]],
+    relative: Sequence[bool],
+    estimator: str,
+    backend: str,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
+    """:func:`fused_mmd` under ``torch.compile``: the ``dapkernels::mmd_fused`` custom op, which
+    takes the estimator by name (its weights are formed from the batch sizes at run time)."""
+    need_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (*sources, *targets))
+    flat = [float(f) for fs in factors for f in fs]
+    counts = [len(fs) for fs in factors]
+    out = mmd_fused(list(sources), list(targets), flat, counts, list(relative), estimator,
+                    need_grad, backend)
+    return out[0].to(out_dtype)
 
 
 def linear_mmd(
@@ -187,8 +266,30 @@ def linear_mmd(
     ``(1/n) Σ_i [k(s_i, s_i') + k(t_i, t_i') − k(s_i, t_i') − k(s_i', t_i)]``, ``i' = (i+1) mod n``,
     with ``k`` the product over layers of each layer's bank.  Bandwidths come from the full
     concatenated batch, as for the quadratic estimators.
+
+    Double backward is plain autograd through these ops, with the relative bandwidths held
+    fixed at both orders (they are detached): with fixed bandwidths the second derivatives are
+    exact; with relative ones they omit the bandwidth's dependence on the batch (unlike the
+    quadratic estimators, whose double backward differentiates the bandwidth; see
+    :func:`~dapkernels.backends.reference.mmd_grad_formula`).
+
+    Args:
+        sources, targets: per layer, (n, d_l) tensors (n = m, validated).
+        factors, relative: per layer, the bank.
+
+    Returns:
+        0-dim tensor (float64 for float64 inputs, else float32).
+
+    Raises:
+        ValueError: non-finite features on CPU tensors (CUDA tensors are not checked: the
+            check would synchronise with the host).
     """
     from ..backends.reference import mean_sq_distance
+
+    for l, (s, t) in enumerate(zip(sources, targets)):
+        if s.device.type == "cpu":
+            check_finite(s, f"source features (layer {l})")
+            check_finite(t, f"target features (layer {l})")
 
     acc = torch.float64 if sources[0].dtype == torch.float64 else torch.float32
 

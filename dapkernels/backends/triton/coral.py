@@ -12,6 +12,10 @@ when N ≥ d) run the reference formulas as torch ops on the device (``reference
 GEMMs with a materialised N × N (or d × d) product, which cuBLAS does well at those sizes, in
 float32 (float64 for float64 inputs), with no host sync.
 
+Determinism: the one-launch kernel and the torch formulas have no atomics.  The Gram split of
+the two-kernel path adds partial Gram matrices by atomics (order-dependent rounding), so under
+``torch.use_deterministic_algorithms(True)`` those calls run the torch formula instead.
+
 Non-finite features are not checked here (a check would cost a host sync per call): they give a
 non-finite loss, unlike the CPU and reference backends, which raise.
 """
@@ -23,7 +27,7 @@ import triton
 
 from ..reference import coral_formula
 from . import coral_kernels as K
-from .mmd import _unit_cols, dot_precision, target
+from .mmd import _unit_cols, deterministic, dot_precision, target
 
 #: most rows (n_s + n_t) of the Gram path: the N × N Gram tile lives in registers.  A 128-row
 #: tile spills on sm_80 and sm_90 even on 16 warps (``python -m dapkernels.backends.triton.aot``),
@@ -147,7 +151,10 @@ def coral_loss(
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """:func:`coral_sweep` with the 0-dim value in ``out_dtype``: at DA batch sizes one launch
     that writes it (no conversion op)."""
-    if not _takes_kernels(xs, xt, path):
+    if not _takes_kernels(xs, xt, path) or (not _takes_small(xs, need_grad) and deterministic()):
+        # also the deterministic alternative to the two-kernel route, whose Gram matrix is
+        # summed by atomic adds over column ranges: the same formula as torch GEMMs
+        # (n_s + n_t ≤ 64 rows, so the N × N product is small)
         cdt = torch.float64 if xs.dtype == torch.float64 else torch.float32
         value, grads = coral_formula(xs, xt, need_grad, path, cdt)
     elif _takes_small(xs, need_grad):

@@ -16,6 +16,13 @@ as a device tensor.  Per call, one of:
 
 All but the first concatenate each layer's source and target blocks on the device first (one
 copy per layer, small next to the sweep).
+
+Determinism: ``small_kernel`` has no atomics.  The others add float statistics, block sums
+(and in ``wide_kernel`` the gradient accumulator) by atomics from several programs, whose
+order changes the rounding.  Under ``torch.use_deterministic_algorithms(True)``
+``prep_kernel`` runs as one program (deterministic), and a flash / wide / sweep launch with
+more than one program calls torch's ``alert_not_deterministic`` first (RuntimeError, or a
+warning with ``warn_only=True``); with a single program they are deterministic and run.
 """
 
 from __future__ import annotations
@@ -362,6 +369,8 @@ def _flash(z: torch.Tensor, n: int, factors: tuple, rel: bool, weights: Sequence
     _prep(z, zp, sq, stats[3:], d, dp, 0)
     grad = torch.empty((N, d), dtype=torch.float32 if z.dtype == torch.float64 else z.dtype,
                        device=device) if need_grad else zp
+    alert_atomic("dapkernels.mmd (triton flash route: block sums by float64 atomic adds)",
+                 triton.cdiv(N, cfg.B_M))
     K.flash_kernel[(triton.cdiv(N, cfg.B_M),)](
         zp, sq, stats[3:], _bank_table(factors, device), grad, stats, N, n, d, dp, len(factors),
         int(rel), *weights, B_M=cfg.B_M, B_N=cfg.B_N, DP=dp, SQUARE=_squaring(factors),
@@ -386,6 +395,8 @@ def _wide(z: torch.Tensor, n: int, factors: tuple, rel: bool, weights: Sequence[
     splits = wide_splits(N, device, cfg)
     cols_per_split = triton.cdiv(triton.cdiv(N, cfg.B_N), splits) * cfg.B_N
     bank = _bank_table(factors, device)
+    alert_atomic("dapkernels.mmd (triton wide route: gradient accumulator and block sums by "
+                 "atomic adds)", triton.cdiv(N, cfg.B_M) * splits)
     K.wide_kernel[(triton.cdiv(N, cfg.B_M), splits)](
         zp, sq, stats[3:], bank, acc, rowsum, stats, N, n, d, dpad, dpad, len(factors),
         int(rel), *weights, cols_per_split, B_M=cfg.B_M, B_N=cfg.B_N, BD=cfg.BD, DG=WIDE_DG,
@@ -401,13 +412,39 @@ def _wide(z: torch.Tensor, n: int, factors: tuple, rel: bool, weights: Sequence[
     return stats[:3], grad[:, :d]
 
 
+def deterministic() -> bool:
+    """``torch.are_deterministic_algorithms_enabled()`` (read once per call of a route)."""
+    return torch.are_deterministic_algorithms_enabled()
+
+
+def alert_atomic(route: str, programs: int) -> None:
+    """Before launching a route whose float atomics are added by ``programs`` programs: with
+    ``torch.use_deterministic_algorithms(True)`` this raises RuntimeError (a warning with
+    ``warn_only=True``), as torch does for its own nondeterministic kernels.  A single program
+    adds each value once onto zeros, which is exact, so it runs."""
+    if programs > 1 and deterministic():
+        # torch._C._alert_not_deterministic where this torch has it (older releases), else
+        # its Python twin (same RuntimeError / warning); torch 2.13 has only the latter
+        alert = getattr(torch._C, "_alert_not_deterministic", None)
+        if alert is None:
+            from torch._prims_common import alert_not_deterministic as alert
+        alert(route)
+
+
 def _prep(z: torch.Tensor, zp: torch.Tensor, sq: torch.Tensor, stats: torch.Tensor, d: int,
           dpad: int, col: int) -> None:
-    """Launches ``prep_kernel`` for one layer (columns ``col … col + dpad`` of ``zp``)."""
+    """Launches ``prep_kernel`` for one layer (columns ``col … col + dpad`` of ``zp``).
+
+    Its column statistics are float64 atomic adds, one per column per program: under
+    ``torch.use_deterministic_algorithms(True)`` one program packs every row, so they are
+    added once, in a fixed order (deterministic; slower only for very large N).
+    """
     N = z.shape[0]
     if z.stride(1) != 1:
         z = z.contiguous()
     rows_per_prog = triton.cdiv(triton.cdiv(N, _PREP_MAX_PROGRAMS), _PREP_BLOCK_R) * _PREP_BLOCK_R
+    if deterministic():
+        rows_per_prog = triton.cdiv(N, _PREP_BLOCK_R) * _PREP_BLOCK_R
     K.prep_kernel[(triton.cdiv(N, rows_per_prog),)](
         z, zp, sq, stats, N, d, dpad, z.stride(0), zp.stride(0), col, rows_per_prog,
         BLOCK_R=_PREP_BLOCK_R, BLOCK_C=_PREP_BLOCK_C,
@@ -486,6 +523,8 @@ def mmd_sweep(
     gdt = torch.float32 if dtype == torch.float64 else dtype
     grad = torch.empty((N, width), dtype=gdt, device=device) if need_grad else zp
     num_groups = group_t.numel() // K.GROUP_FIELDS if need_grad else 1
+    alert_atomic("dapkernels.mmd / jmmd (triton sweep route: block sums by float64 atomic adds)",
+                 triton.cdiv(N, cfg.B_M))
     K.sweep_kernel[(triton.cdiv(N, cfg.B_M), num_groups)](
         zp, sq, stats[3:], layer_t, bank_t, group_t, grad, stats,
         N, n, num_layers, width, width, *weights,
