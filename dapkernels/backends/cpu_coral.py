@@ -1,6 +1,7 @@
 """CPU backend for CORAL: a thin wrapper that hands raw pointers to ``dapkernels._C``.
 
 One C++ call returns the value and, when asked, writes both gradients (see csrc/coral.cpp).
+The kernel uses at most ``torch.get_num_threads()`` threads, and one for small inputs.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ def coral_sweep_float(
 
     ``path="auto"`` picks the Gram path when ``n_s + n_t < d`` (cost ~1.5 N²d and N² memory),
     else the d×d covariance path (~1.5 N d²); both are exact.  Inputs: CPU, float32 or float64,
-    rows with unit column stride (other layouts are copied once).
+    rows with unit column stride (other layouts are copied once).  Raises ``ValueError`` for
+    NaN/Inf features (naming the domain and row) or overflowing products, ``MemoryError`` when
+    the kernel's scratch cannot be allocated.
     """
     if xs.stride(-1) != 1:
         xs = xs.contiguous()
@@ -43,6 +46,6 @@ def coral_sweep_float(
         xs.data_ptr(), xs.shape[0], xs.shape[1], xs.stride(0), xs.stride(1),
         xt.data_ptr(), xt.shape[0], xt.shape[1], xt.stride(0), xt.stride(1),
         "float32" if xs.dtype == torch.float32 else "float64",
-        gs_ptr, gt_ptr, need_grad, PATHS[path],
+        gs_ptr, gt_ptr, need_grad, PATHS[path], torch.get_num_threads(),
     )
     return value, ([gs, gt] if need_grad else [])

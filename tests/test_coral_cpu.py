@@ -1,0 +1,199 @@
+"""CORAL C++ core (csrc/coral.cpp, csrc/coral_kernel.h): robustness of the CPU kernel.
+
+Non-finite inputs and overflowing products raise ``ValueError``; every instruction-set copy
+(``DAPKERNELS_ISA``, run in subprocesses) meets the accuracy bar against the float64 oracle;
+results are bitwise reproducible across calls and thread counts; a scratch allocation that
+cannot succeed surfaces as ``MemoryError``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import dapkernels as dk
+from dapkernels import _C
+from dapkernels.backends import cpu_coral
+
+from .test_coral import draw
+
+ROOT = Path(__file__).resolve().parents[1]
+ISAS = ("baseline", "avx2", "avx512")
+
+
+def _child_env(**extra) -> dict:
+    env = {**os.environ, **extra}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    return env
+
+
+# ---- NaN / Inf / overflow ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("domain", ["f_s", "f_t"])
+@pytest.mark.parametrize("path", ["gram", "cov"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_non_finite_feature_names_domain_and_row(bad, domain, path, dtype):
+    xs, xt = draw(6, 7, 40 if path == "gram" else 5, dtype, 0.0, 1)
+    row = 3 if domain == "f_s" else 5
+    (xs if domain == "f_s" else xt)[row, 2] = bad
+    with pytest.raises(ValueError, match=rf"{domain} contains non-finite values .*: row {row}\b"):
+        cpu_coral.coral_sweep(xs, xt, True, path)
+    with pytest.raises(ValueError, match=rf"{domain} contains non-finite values .*: row {row}\b"):
+        cpu_coral.coral_sweep(xs, xt, False, path)
+
+
+def test_non_finite_through_public_api_and_first_row():
+    xs, xt = draw(9, 8, 300, torch.float32, 0.0, 2)
+    xt[6, 0] = float("nan")
+    xt[2, 299] = float("inf")  # the first offending row is reported
+    xs.requires_grad_()
+    with pytest.raises(ValueError, match=r"f_t contains non-finite values .*: row 2\b"):
+        dk.coral(xs, xt, backend="cpu")
+
+
+@pytest.mark.parametrize("path", ["gram", "cov"])
+def test_overflowing_products_raise(path):
+    xs, xt = draw(5, 6, 50 if path == "gram" else 4, torch.float32, 0.0, 3)
+    with pytest.raises(ValueError, match="features too large"):
+        cpu_coral.coral_sweep(xs * 1e25, xt, True, path)  # finite inputs, products overflow f32
+    with pytest.raises(ValueError, match="features too large"):
+        cpu_coral.coral_sweep(xs, xt * 1e25, False, path)
+
+
+def test_float64_sum_overflow_raises():
+    xs, xt = draw(4, 4, 3, torch.float64, 0.0, 4)
+    xs[:, 1] = 1.5e308  # each value finite, their column sum is not
+    with pytest.raises(ValueError, match="too large"):
+        cpu_coral.coral_sweep(xs, xt, True)
+
+
+def test_threads_argument_is_validated():
+    xs, xt = draw(3, 3, 2, torch.float32, 0.0, 5)
+    args = (xs.data_ptr(), 3, 2, 2, 1, xt.data_ptr(), 3, 2, 2, 1, "float32", 0, 0, False, 0)
+    with pytest.raises(ValueError, match="threads"):
+        _C.coral_sweep(*args, 0)
+    assert _C.coral_sweep(*args, 1)[0] == _C.coral_sweep(*args, 64)[0]
+
+
+# ---- determinism ------------------------------------------------------------------------------
+
+# Both paths, sizes whose work is above the kernel's one-thread threshold (so that threads are
+# used when torch allows them) and awkward remainders (rows, columns, tiles).
+DET_CASES = [(32, 32, 2048, "auto"), (37, 29, 1001, "gram"), (256, 256, 64, "auto"),
+             (300, 211, 67, "cov")]
+
+
+def _run(xs, xt, path):
+    v, (gs, gt) = cpu_coral.coral_sweep(xs, xt, True, path)
+    return float(v), gs, gt
+
+
+@pytest.mark.parametrize("ns, nt, d, path", DET_CASES)
+def test_bitwise_repeatable_and_thread_independent(ns, nt, d, path):
+    xs, xt = draw(ns, nt, d, torch.float32, 10.0, 6)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(max(2, before))
+        runs = [_run(xs, xt, path) for _ in range(5)]
+        torch.set_num_threads(1)
+        runs.append(_run(xs, xt, path))
+    finally:
+        torch.set_num_threads(before)
+    v0, gs0, gt0 = runs[0]
+    for v, gs, gt in runs[1:]:
+        assert v == v0
+        assert torch.equal(gs, gs0) and torch.equal(gt, gt0)
+
+
+# ---- instruction-set copies -------------------------------------------------------------------
+
+_ISA_CHILD = """
+import json, sys, torch
+from dapkernels import _C
+from dapkernels.backends import cpu_coral
+from tests.test_coral import draw, oracle_with_grad, rel
+want = sys.argv[1]
+if _C.isa != want:  # the CPU lacks this instruction set: nothing to check
+    print(json.dumps({"isa": _C.isa, "skipped": True}))
+    raise SystemExit(0)
+out = []
+for ns, nt, d, path in ((32, 32, 256, "auto"), (32, 32, 2048, "auto"), (13, 22, 517, "gram"),
+                        (128, 128, 64, "auto"), (41, 30, 23, "cov"), (5, 3, 1, "auto")):
+    for dtype in (torch.float32, torch.float64):
+        xs, xt = draw(ns, nt, d, dtype, 100.0, ns + d)
+        v0, gs0, gt0 = oracle_with_grad(xs, xt)
+        v, (gs, gt) = cpu_coral.coral_sweep(xs, xt, True, path)
+        dv = abs(float(v) - float(v0)) / float(v0)
+        out.append({"case": [ns, nt, d, path, str(dtype)], "dv": dv, "gs": rel(gs, gs0),
+                    "gt": rel(gt, gt0), "v": float(v)})
+print(json.dumps({"isa": _C.isa, "skipped": False, "results": out}))
+"""
+
+
+@pytest.fixture(scope="module")
+def isa_results():
+    results = {}
+    for isa in ISAS:
+        proc = subprocess.run([sys.executable, "-c", _ISA_CHILD, isa], cwd=ROOT,
+                              env=_child_env(DAPKERNELS_ISA=isa), capture_output=True, text=True,
+                              timeout=600)
+        assert proc.returncode == 0, proc.stderr
+        results[isa] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return results
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_each_instruction_set_meets_the_accuracy_bar(isa_results, isa):
+    res = isa_results[isa]
+    if res["skipped"]:
+        pytest.skip(f"no {isa} copy on this CPU or build (runs {res['isa']})")
+    assert res["isa"] == isa
+    for r in res["results"]:
+        f32 = "float32" in r["case"][4]
+        tol_v, tol_g = (1e-5, 1e-4) if f32 else (1e-10, 1e-9)
+        assert r["dv"] <= tol_v and r["gs"] <= tol_g and r["gt"] <= tol_g, (isa, r)
+
+
+def test_instruction_sets_agree(isa_results):
+    ran = [r for r in isa_results.values() if not r["skipped"]]
+    assert ran and ran[0]["isa"] == "baseline"
+    for other in ran[1:]:
+        for a, b in zip(ran[0]["results"], other["results"]):
+            tol = 1e-5 if "float32" in a["case"][4] else 1e-10
+            assert abs(a["v"] - b["v"]) <= tol * abs(a["v"]), (other["isa"], a["case"])
+
+
+# ---- allocation failure -----------------------------------------------------------------------
+
+_OOM_CHILD = """
+import resource, torch
+from dapkernels.backends import cpu_coral
+d = 60000  # the cov path's d×d float64 matrix alone is 28.8 GB; everything else is small
+xs, xt = torch.randn(4, d), torch.randn(5, d)  # created before the limit; no grads requested
+with open("/proc/self/status") as f:
+    vm = next(int(line.split()[1]) for line in f if line.startswith("VmSize:")) * 1024
+limit = vm + (256 << 20)
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+try:
+    cpu_coral.coral_sweep(xs, xt, False, "cov")
+except MemoryError:
+    print("MemoryError")
+else:
+    print("no error")
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS and /proc: Linux")
+def test_scratch_allocation_failure_is_memory_error():
+    proc = subprocess.run([sys.executable, "-c", _OOM_CHILD], cwd=ROOT, env=_child_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "MemoryError"
