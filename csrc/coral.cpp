@@ -10,9 +10,11 @@
 // Work: Gram ~1.5 N²d multiply-adds (G is symmetric: only its upper tiles are computed) and N²
 // memory, cov ~1.5 N d² and d².  Every inner product is accumulated in float64 (float32
 // inputs: float32 vector partial sums over short chunks, then float64), so the cancellation in
-// Σ W G² or in C_s − C_t does not eat float32 precision.  Finally each gradient is re-centred
-// per domain (the adjoint of the centring; zero in exact arithmetic, it removes the rounding
-// component along constant shifts).
+// Σ W G² or in C_s − C_t does not eat float32 precision.  Each gradient is re-centred per
+// domain (the adjoint of the centring, I − P with P the per-domain row mean; zero in exact
+// arithmetic, it removes the rounding component along constant shifts), applied to the left
+// factor of the final product so that the product writes the caller's gradient directly:
+// Gram: (I − P)(W∘G) (N×N, float64), cov: (I − P) Z (N×d, float64, rounded once).
 //
 // The vector kernels (csrc/coral_kernel.h) are compiled three times (baseline x86-64 with
 // 16-byte vectors, AVX2+FMA with 32, AVX-512 with 64; only the 16-byte copy elsewhere or in a
@@ -110,7 +112,7 @@ struct Kernels {
   void (*gram_upper)(const T*, std::int64_t, std::int64_t, const Segment*, int, double*,
                      std::int64_t, int);
   bool (*product)(const T*, std::int64_t, T*, const T*, std::int64_t, std::int64_t,
-                  std::int64_t, std::int64_t, std::int64_t, bool, double, double, T* const*, int);
+                  std::int64_t, std::int64_t, T* const*, int);
 };
 
 #define DK_CORAL_KERNELS(ns, T)                                                      \
@@ -199,8 +201,9 @@ double coral_run(const Matrix& xs, const Matrix& xt, const Matrix* gs, const Mat
   const bool grad = gs != nullptr;
   const double Nf = static_cast<double>(N), df = static_cast<double>(d);
   const int nthr = threads_for(path == kGram ? 1.5 * Nf * Nf * df : 1.5 * Nf * df * df, threads);
-  // The O(N·d) passes (means, centring) are memory-bound: threads only for large inputs.
-  const int prep_thr = Nf * df >= 262144.0 ? nthr : 1;
+  // The O(N·d) passes (means, centring: ~1 ns per element) share the threads from 2^16
+  // elements on, when the products use them.
+  const int prep_thr = Nf * df >= 65536.0 ? nthr : 1;
 
   // ---- scratch, all allocated here (before any parallel region) ----------------------------
   // Z: Np × ldz, Np = N rounded up to the Gram tile, columns zero-padded to dq (a multiple of
@@ -304,7 +307,7 @@ double coral_run(const Matrix& xs, const Matrix& xt, const Matrix* gs, const Mat
       for (std::int64_t j = ns; j < N; ++j) mi[j] = static_cast<T>(s_hi * gi[j] - c[j]);
     }
     T* mb = Mb ? Mb->get() : nullptr;
-    if (!k.product(m, N, mb, Z.get(), ldz, N, N, d, ns, false, 1.0, 1.0, out_rows.data(), nthr))
+    if (!k.product(m, N, mb, Z.get(), ldz, N, N, d, out_rows.data(), nthr))
       too_large("the gradient");
     return value;
   }
@@ -338,8 +341,25 @@ double coral_run(const Matrix& xs, const Matrix& xt, const Matrix* gs, const Mat
   value *= 0.25 / dd;
   if (!std::isfinite(value)) too_large("C_s − C_t");
   if (!grad) return value;
-  if (!k.product(Z.get(), ldz, nullptr, dn, dq, N, d, d, ns, true, 1.0 / a, -1.0 / b, out_rows.data(),
-                 nthr))
+  // Gradient: diag(w) (I − P) Z D / d² with w = 1/a (source), −1/b (target) and P the
+  // per-domain row mean: the re-centring and the weights are applied to Z's rows (in place, in
+  // float64, rounded once; Z is not needed any more) instead of to the N×d result, the same
+  // linear map.  (I − P) Z is zero only in exact arithmetic: this removes the rounding
+  // component of the centred copy along a constant shift of each domain.
+  T* z = Z.get();
+  for (int dom = 0; dom < 2; ++dom) {
+    const std::int64_t r0 = dom == 0 ? 0 : ns, r1 = dom == 0 ? ns : N;
+    const double w = dom == 0 ? 1.0 / a : -1.0 / b, inv = 1.0 / static_cast<double>(r1 - r0);
+    double* m = mean_s;  // the means are not needed any more: reused as scratch
+    std::fill(m, m + d, 0.0);
+    for (std::int64_t i = r0; i < r1; ++i)
+      for (std::int64_t c = 0; c < d; ++c) m[c] += static_cast<double>(z[i * ldz + c]);
+    for (std::int64_t c = 0; c < d; ++c) m[c] *= inv;
+    for (std::int64_t i = r0; i < r1; ++i)
+      for (std::int64_t c = 0; c < d; ++c)
+        z[i * ldz + c] = static_cast<T>(w * (static_cast<double>(z[i * ldz + c]) - m[c]));
+  }
+  if (!k.product(z, ldz, nullptr, dn, dq, N, d, d, out_rows.data(), nthr))
     too_large("the gradient");
   return value;
 }

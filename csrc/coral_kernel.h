@@ -31,8 +31,10 @@ constexpr int kSteps = 64;
 // Columns of the Gram operand processed between two barriers: the block (rows × columns) is
 // re-read by every tile row, so it should stay in a (private, ≥ 512 KiB) L2 cache.
 constexpr std::int64_t kBlockBytes = 384 * 1024;
-// Panels (MC·W output columns) per item of the product: 64 columns on SSE2 / AVX2 (32 items
-// at d = 2048), 96 on AVX-512.
+// An item of the product: kItemRows row blocks (MR rows each) × kItemPanels panels (MC·W
+// columns each), e.g. 48 rows × 64 columns on AVX2, 64 × 96 on AVX-512 (at N = 64, d = 2048:
+// 32 and 22 items; for the cov path's small d, the rows give the items).
+constexpr std::int64_t kItemRows = 8;
 constexpr std::int64_t kItemPanels = DK_VBYTES == 64 ? 2 : 4;
 
 // Geometry of this copy, for the driver's padding.
@@ -139,11 +141,11 @@ DK_INLINE void dot_tile(const T* a, const T* b, std::int64_t ld, std::int64_t k0
 // Work is shared by tile rows (row I costs tiles − I tiles), dealt to the real team in snake
 // order (0, 1, …, team−1, team−1, …, 0, 0, 1, …: the loads differ by less than one row), each
 // row owned by one thread for the whole sweep: no barrier inside the region (on a busy machine
-// each barrier can wait a scheduler time slice for a descheduled thread).  Each thread sweeps a segment in blocks of columns (a block is re-read
-// by all of its tile rows, so it should stay in L2), and a tile row kSteps·W columns at a time
-// over its tiles J ≥ I (its GT rows stay in L1).  Every S entry is summed in the same order
-// (segments, blocks, chunks) whatever the team.  Entries below the diagonal tiles are not
-// written.
+// each barrier can wait a scheduler time slice for a descheduled thread).  Each thread sweeps
+// a segment in blocks of columns (a block is re-read by all of its tile rows, so it should stay
+// in L2), and a tile row kSteps·W columns at a time over its tiles J ≥ I (its GT rows stay in
+// L1).  Every S entry is summed in the same order (segments, blocks, chunks) whatever the
+// team.  Entries below the diagonal tiles are not written.
 template <typename T>
 void gram_upper(const T* A, std::int64_t R, std::int64_t ld, const Segment* seg, int nseg,
                 double* S, std::int64_t lds, int threads) {
@@ -187,15 +189,15 @@ void gram_upper(const T* A, std::int64_t R, std::int64_t ld, const Segment* seg,
   }
 }
 
-// acc[r][v] = Σ_{k<K} A(r, k) · B[k·ldb + v·W …] for R rows, then stored to rows[r] + col
-// (w < MC·W valid columns: through a small stack tile).  A(r, k) = A[r·lda + k] broadcast, or
-// with PRE the vector at A + r·lda + k·W (pre-broadcast copy, see product).  check accumulates
-// acc·0: it turns NaN if a result is not finite.
-template <typename T, int R, bool PRE>
+// acc[r][v] = Σ_{k<K} A(r, k) · B[k·ldb + v·W …] for R rows and C ≤ MC vectors, then stored to
+// rows[r] + col (w < C·W valid columns: through a small stack tile).  A(r, k) = A[r·lda + k]
+// broadcast, or with PRE the vector at A + r·lda + k·W (pre-broadcast copy, see product).
+// check accumulates acc·0: it turns NaN if a result is not finite.
+template <typename T, int R, int C, bool PRE>
 DK_INLINE void micro(std::int64_t K, const T* A, std::int64_t lda, const T* B, std::int64_t ldb,
                      T* const* rows, std::int64_t col, std::int64_t w, vec_t<T>& check) {
   typedef vec_t<T> V;
-  constexpr int W = kLanes<T>, C = DK_CORAL_MC;
+  constexpr int W = kLanes<T>;
   V acc[R][C];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
@@ -231,112 +233,93 @@ DK_INLINE void micro(std::int64_t K, const T* A, std::int64_t lda, const T* B, s
   }
 }
 
-template <typename T, bool PRE>
+template <typename T, int C, bool PRE>
 DK_INLINE void micro_rows(int R, std::int64_t K, const T* A, std::int64_t lda, const T* B,
                           std::int64_t ldb, T* const* rows, std::int64_t col, std::int64_t w,
                           vec_t<T>& check) {
   switch (R) {
 #if DK_CORAL_MR >= 8
-    case 8: micro<T, 8, PRE>(K, A, lda, B, ldb, rows, col, w, check); break;
-    case 7: micro<T, 7, PRE>(K, A, lda, B, ldb, rows, col, w, check); break;
+    case 8: micro<T, 8, C, PRE>(K, A, lda, B, ldb, rows, col, w, check); break;
+    case 7: micro<T, 7, C, PRE>(K, A, lda, B, ldb, rows, col, w, check); break;
 #endif
-    case 6: micro<T, 6, PRE>(K, A, lda, B, ldb, rows, col, w, check); break;
-    case 5: micro<T, 5, PRE>(K, A, lda, B, ldb, rows, col, w, check); break;
-    case 4: micro<T, 4, PRE>(K, A, lda, B, ldb, rows, col, w, check); break;
-    case 3: micro<T, 3, PRE>(K, A, lda, B, ldb, rows, col, w, check); break;
-    case 2: micro<T, 2, PRE>(K, A, lda, B, ldb, rows, col, w, check); break;
-    case 1: micro<T, 1, PRE>(K, A, lda, B, ldb, rows, col, w, check); break;
+    case 6: micro<T, 6, C, PRE>(K, A, lda, B, ldb, rows, col, w, check); break;
+    case 5: micro<T, 5, C, PRE>(K, A, lda, B, ldb, rows, col, w, check); break;
+    case 4: micro<T, 4, C, PRE>(K, A, lda, B, ldb, rows, col, w, check); break;
+    case 3: micro<T, 3, C, PRE>(K, A, lda, B, ldb, rows, col, w, check); break;
+    case 2: micro<T, 2, C, PRE>(K, A, lda, B, ldb, rows, col, w, check); break;
+    case 1: micro<T, 1, C, PRE>(K, A, lda, B, ldb, rows, col, w, check); break;
     default: break;
   }
 }
 
-// Rows [r0, r1) of one domain, columns [col, col + w) of the output, re-centred:
-//   out_i ← scale · (out_i − mean_{rows} out), the mean in float64 of the rounded products
-// (the adjoint of the centring: zero in exact arithmetic, it removes the rounding component
-// along a constant shift of the domain).  Returns false when a value is not finite.
-template <typename T>
-bool recentre_block(T* const* out, std::int64_t r0, std::int64_t r1, std::int64_t col,
-                    std::int64_t w, double scale) {
-  constexpr std::int64_t B = kItemPanels * DK_CORAL_MC * kLanes<T>;
-  double mean[B];
-  for (std::int64_t c = 0; c < w; ++c) mean[c] = 0.0;
-  for (std::int64_t i = r0; i < r1; ++i) {
-    const T* o = out[i] + col;
-#pragma omp simd
-    for (std::int64_t c = 0; c < w; ++c) mean[c] += static_cast<double>(o[c]);
-  }
-  const double inv = 1.0 / static_cast<double>(r1 - r0);
-  double probe = 0.0;  // NaN if a sum is not finite (a NaN/Inf output makes its column's one)
-#pragma omp simd reduction(+ : probe)
-  for (std::int64_t c = 0; c < w; ++c) {
-    probe += mean[c] * 0.0;
-    mean[c] *= inv;
-  }
-  T check = T(0);  // becomes NaN if a rescaled value overflows T
-  for (std::int64_t i = r0; i < r1; ++i) {
-    T* o = out[i] + col;
-#pragma omp simd reduction(+ : check)
-    for (std::int64_t c = 0; c < w; ++c) {
-      const T v = static_cast<T>(scale * (static_cast<double>(o[c]) - mean[c]));
-      o[c] = v;
-      check += v * T(0);
-    }
-  }
-  return probe == 0.0 && check == T(0);
+// micro_rows with C vectors per row (C ≤ MC, a short last panel needs fewer).
+template <typename T, bool PRE>
+DK_INLINE void panel_rows(int C, int R, std::int64_t K, const T* A, std::int64_t lda, const T* B,
+                          std::int64_t ldb, T* const* rows, std::int64_t col, std::int64_t w,
+                          vec_t<T>& check) {
+  if (C >= DK_CORAL_MC)
+    micro_rows<T, DK_CORAL_MC, PRE>(R, K, A, lda, B, ldb, rows, col, w, check);
+#if DK_CORAL_MC > 2
+  else if (C == 2)
+    micro_rows<T, 2, PRE>(R, K, A, lda, B, ldb, rows, col, w, check);
+#endif
+  else
+    micro_rows<T, 1, PRE>(R, K, A, lda, B, ldb, rows, col, w, check);
 }
 
 // out_i[0:d) = Σ_{k<K} A[i][k] · B[k][0:d) for the N rows, row i written at out[i] (source rows
-// i < ns, then target rows).  With recentre, each domain's rows are then re-centred and scaled
-// (scale_s, scale_t; see recentre_block).  Items are blocks of kItemPanels panels of MC·W
-// output columns: all N rows, one panel of B at a time (it stays in L1 across the row blocks),
-// then the re-centring while the block is still in cache.  B must be readable (zero-padded) up
-// to round_up(d, MC·W) columns.  With Ab (N·K·W elements, only when the driver's geometry asks
-// for it: SSE2 has no broadcast load, each broadcast costing a shuffle on the FP ports that the
+// i < ns, then target rows; any re-centring and scaling is already in A).  Items (dynamic) are
+// kItemRows rows × kItemPanels panels of MC·W output columns; an item runs its row blocks over
+// one panel of B at a time (the panel stays in L1).  B must be readable (zero-padded) up to
+// round_up(d, MC·W) columns.  With Ab (N·K·W elements, only when the driver's geometry asks for
+// it: SSE2 has no broadcast load, each broadcast costing a shuffle on the FP ports that the
 // multiply-adds need), A is first copied there with every element repeated W times, so the
 // micro-kernel loads ready vectors.  Returns false when a result is not finite.
 template <typename T>
 bool product(const T* A, std::int64_t lda, T* Ab, const T* B, std::int64_t ldb, std::int64_t N,
-             std::int64_t K, std::int64_t d, std::int64_t ns, bool recentre, double scale_s,
-             double scale_t, T* const* out, int threads) {
-  constexpr int W = kLanes<T>;
-  constexpr std::int64_t P = DK_CORAL_MC * W, IC = kItemPanels * P;
-  constexpr int MR = DK_CORAL_MR;
-  const std::int64_t items = (d + IC - 1) / IC;
+             std::int64_t K, std::int64_t d, T* const* out, int threads) {
+  constexpr int W = kLanes<T>, MR = DK_CORAL_MR;
+  constexpr std::int64_t P = DK_CORAL_MC * W, IC = kItemPanels * P, IR = kItemRows * MR;
+  const std::int64_t col_items = (d + IC - 1) / IC, row_items = (N + IR - 1) / IR;
   if (Ab != nullptr)
     for (std::int64_t i = 0; i < N; ++i)
       for (std::int64_t k = 0; k < K; ++k) vstore(Ab + (i * K + k) * W, splat(A[i * lda + k]));
   int bad = 0;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1) \
     reduction(| : bad)
-  for (std::int64_t it = 0; it < items; ++it) {
-    const std::int64_t c0 = it * IC, c1 = std::min(d, c0 + IC);
+  for (std::int64_t it = 0; it < col_items * row_items; ++it) {
+    const std::int64_t c0 = it / row_items * IC, c1 = std::min(d, c0 + IC);
+    const std::int64_t i0 = it % row_items * IR, i1 = std::min(N, i0 + IR);
     vec_t<T> check{};
     for (std::int64_t col = c0; col < c1; col += P) {
       const std::int64_t w = std::min(P, c1 - col);
-      for (std::int64_t r0 = 0; r0 < N; r0 += MR) {
-        const int R = static_cast<int>(std::min<std::int64_t>(MR, N - r0));
+      // A short last panel (e.g. d = 64 on AVX-512: 48 + 16) uses only the vectors it needs.
+      const int C = static_cast<int>((w + W - 1) / W);
+      for (std::int64_t r0 = i0; r0 < i1; r0 += MR) {
+        const int R = static_cast<int>(std::min<std::int64_t>(MR, i1 - r0));
         if (Ab != nullptr)
-          micro_rows<T, true>(R, K, Ab + r0 * K * W, K * W, B + col, ldb, out + r0, col, w,
+          panel_rows<T, true>(C, R, K, Ab + r0 * K * W, K * W, B + col, ldb, out + r0, col, w,
                               check);
         else
-          micro_rows<T, false>(R, K, A + r0 * lda, lda, B + col, ldb, out + r0, col, w, check);
+          panel_rows<T, false>(C, R, K, A + r0 * lda, lda, B + col, ldb, out + r0, col, w,
+                               check);
       }
     }
-    bool ok = hsum<T>(check) == 0.0;
-    if (recentre)
-      ok = recentre_block<T>(out, 0, ns, c0, c1 - c0, scale_s) &&
-           recentre_block<T>(out, ns, N, c0, c1 - c0, scale_t) && ok;
-    bad |= ok ? 0 : 1;
+    bad |= hsum<T>(check) == 0.0 ? 0 : 1;
   }
   return bad == 0;
 }
 
-// Column sums of rows [0, n) of x, columns [c0, c0 + w) (w ≤ B), minus `shift`, in float64:
-// four rows per update of the accumulators (a fixed order: the sums do not depend on the team).
-template <typename T, int B>
+// Column sums of rows [0, n) of x, columns [c0, c0 + w) (w ≤ B), minus `shift` with SHIFT, in
+// float64: four rows per update of the accumulators (a fixed order: the sums do not depend on
+// the team).
+template <typename T, bool SHIFT>
 DK_INLINE void column_block_sums(const T* x, std::int64_t n, std::int64_t ldx, std::int64_t c0,
                                  std::int64_t w, const double* shift, double* acc) {
   for (std::int64_t c = 0; c < w; ++c) acc[c] = 0.0;
+  const auto v = [shift](const T* r, std::int64_t c) {
+    return SHIFT ? static_cast<double>(r[c]) - shift[c] : static_cast<double>(r[c]);
+  };
   std::int64_t i = 0;
   for (; i + 4 <= n; i += 4) {
     const T* r0 = x + i * ldx + c0;
@@ -345,13 +328,12 @@ DK_INLINE void column_block_sums(const T* x, std::int64_t n, std::int64_t ldx, s
     const T* r3 = r2 + ldx;
 #pragma omp simd
     for (std::int64_t c = 0; c < w; ++c)
-      acc[c] += ((static_cast<double>(r0[c]) - shift[c]) + (static_cast<double>(r1[c]) - shift[c])) +
-                ((static_cast<double>(r2[c]) - shift[c]) + (static_cast<double>(r3[c]) - shift[c]));
+      acc[c] += (v(r0, c) + v(r1, c)) + (v(r2, c) + v(r3, c));
   }
   for (; i < n; ++i) {
     const T* r = x + i * ldx + c0;
 #pragma omp simd
-    for (std::int64_t c = 0; c < w; ++c) acc[c] += static_cast<double>(r[c]) - shift[c];
+    for (std::int64_t c = 0; c < w; ++c) acc[c] += v(r, c);
   }
 }
 
@@ -369,7 +351,6 @@ void prepare(const Matrix& xs, const Matrix& xt, double* mean_s, double* mean_t,
   constexpr int B = 256;
   const std::int64_t d = xs.cols, ns = xs.rows, N = xs.rows + xt.rows;
   const std::int64_t blocks = (d + B - 1) / B;
-  static const double zeros[B] = {};
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
 #pragma omp for schedule(static)
@@ -379,14 +360,14 @@ void prepare(const Matrix& xs, const Matrix& xt, double* mean_s, double* mean_t,
       const std::int64_t c0 = (it % blocks) * B, w = std::min<std::int64_t>(B, d - c0);
       const double inv = 1.0 / static_cast<double>(x.rows);
       double acc[B];
-      column_block_sums<T, B>(x.data<T>(), x.rows, x.row_stride, c0, w, zeros, acc);
+      column_block_sums<T, false>(x.data<T>(), x.rows, x.row_stride, c0, w, nullptr, acc);
       bool finite = true;
       for (std::int64_t c = 0; c < w; ++c) {
         mean[c0 + c] = acc[c] * inv;
         finite = finite && std::isfinite(acc[c]);
       }
       if (!refine || !finite) continue;
-      column_block_sums<T, B>(x.data<T>(), x.rows, x.row_stride, c0, w, mean + c0, acc);
+      column_block_sums<T, true>(x.data<T>(), x.rows, x.row_stride, c0, w, mean + c0, acc);
       for (std::int64_t c = 0; c < w; ++c) mean[c0 + c] += acc[c] * inv;
     }
 #pragma omp for schedule(static)
