@@ -360,7 +360,7 @@ void sweep_direct(const Context<T>& cx, const T* const* c, const std::int64_t* l
   // Threads pay off once the sweep is a few hundred microseconds of work and a round has at
   // least two tiles.
   const bool parallel = threads > 1 && nb > 1 && N * N * dsum > (std::int64_t(1) << 19);
-  const int nt = parallel ? static_cast<int>(std::min<std::int64_t>(threads, (nb + 1) / 2)) : 1;
+  const int nt = parallel ? static_cast<int>(std::min<std::int64_t>(threads, nb)) : 1;
   const std::int64_t per = sweep_scratch_per_thread<T>(L, B, dmax);
   std::unique_ptr<T[]> scratch(new T[static_cast<std::size_t>(per * nt)]);
   std::vector<double> rows(need_grad ? static_cast<std::size_t>(L * N) : 0, 0.0);

@@ -7,7 +7,7 @@ Error measures (the bars of issue 2):
   kernel.  The sum of the terms' magnitudes is the scale at which the float32 sums are formed.
 * gradient: ‖g_cpu − g_ref‖ / ‖g_ref‖ per layer.
 
-Tile shapes are varied (``SMALL_TILE`` / ``LARGE_TILE``) so that small inputs also run through
+Tile shapes are varied (``SMALL_TILE`` / ``MID_TILE`` / ``LARGE_TILE``) so that small inputs also run through
 many tiles, partial tiles and several threads; one test runs N = 3000 at the default tiles.
 """
 
@@ -74,6 +74,7 @@ def _check(zs, n, factors, relative, estimator="unbiased"):
 def _set_tile(monkeypatch, tile: int) -> None:
     monkeypatch.setattr(cpu, "SMALL_TILE", tile)
     monkeypatch.setattr(cpu, "LARGE_TILE", tile)
+    monkeypatch.setattr(cpu, "MID_TILE", tile)
 
 
 @pytest.fixture
