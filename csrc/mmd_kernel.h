@@ -57,13 +57,18 @@ DK_INLINE void micro_rows(std::int64_t R, std::int64_t K, const T* a, std::int64
 
 // O[:, :nvalid] (+)= A (M × K, strided) · B (K × ·, row stride ldb).  B is read in whole panels
 // of 2W columns (it must be readable up to nvalid rounded up); O is written in [0, nvalid) only.
+// With upper_only (a symmetric product, A·Aᵀ of one block) the micro-blocks strictly below the
+// diagonal are skipped and O is completed by mirroring (O square, M = nvalid).
 template <typename T, bool ACC>
 void gemm(std::int64_t M, std::int64_t K, std::int64_t nvalid, const T* A, std::int64_t ars,
-          std::int64_t aks, const T* B, std::int64_t ldb, T* O, std::int64_t ldo) {
+          std::int64_t aks, const T* B, std::int64_t ldb, T* O, std::int64_t ldo,
+          bool upper_only = false) {
   constexpr int NB = 2 * kLanes<T>;
   for (std::int64_t col = 0; col < nvalid; col += NB) {
     const std::int64_t w = std::min<std::int64_t>(NB, nvalid - col);
-    for (std::int64_t r = 0; r < M; r += DK_MR) {
+    // upper_only: rows from col + NB on lie wholly below the diagonal in this panel
+    const std::int64_t rows = upper_only ? std::min<std::int64_t>(M, col + NB) : M;
+    for (std::int64_t r = 0; r < rows; r += DK_MR) {
       const std::int64_t R = std::min<std::int64_t>(DK_MR, M - r);
       T* o = O + r * ldo + col;
       if (w == NB) {
@@ -77,6 +82,13 @@ void gemm(std::int64_t M, std::int64_t K, std::int64_t nvalid, const T* A, std::
       for (std::int64_t q = 0; q < R; ++q)
         for (std::int64_t k = 0; k < w; ++k) o[q * ldo + k] = tmp[q * NB + k];
     }
+  }
+  if (!upper_only) return;
+  // Row i was computed from column (i / DK_MR · DK_MR) / NB · NB on; fill the rest from the
+  // transposed entries, which lie in computed blocks.
+  for (std::int64_t i = 0; i < M; ++i) {
+    const std::int64_t start = std::min<std::int64_t>(i / DK_MR * DK_MR / NB * NB, nvalid);
+    for (std::int64_t j = 0; j < start; ++j) O[i * ldo + j] = O[j * ldo + i];
   }
 }
 
@@ -390,7 +402,9 @@ void sweep_direct(const Context<T>& cx, const T* const* c, const std::int64_t* l
       const bool diag = I == J;
       for (int l = 0; l < L; ++l) {
         pack_transposed<T>(c[l], ldc[l], dims[l], j0, j1, B, bt);
-        gemm<T, false>(i1 - i0, dims[l], B, c[l] + i0 * ldc[l], ldc[l], 1, bt, B, G[l], B);
+        // A diagonal tile is c_I c_Iᵀ: symmetric, only its upper micro-blocks are computed.
+        gemm<T, false>(i1 - i0, dims[l], diag ? i1 - i0 : B, c[l] + i0 * ldc[l], ldc[l], 1, bt,
+                       B, G[l], B, diag);
       }
       if (need_grad)
         for (int l = 0; l < L; ++l) std::fill(colsum[l], colsum[l] + B + kLanes<T>, T(0));
