@@ -197,3 +197,14 @@ def test_scratch_allocation_failure_is_memory_error():
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "MemoryError"
+
+
+def test_float32_loss_beyond_float32_range_raises():
+    """At 1e12 the value (∝ scale⁴, here ~3e47) is finite in the float64 accumulators but not
+    representable as the float32 loss: a ValueError, not torch's conversion error or Inf."""
+    g = torch.Generator().manual_seed(0)
+    xs = (1e12 * torch.randn(20, 50, generator=g)).float()
+    xt = (2e12 * torch.randn(30, 50, generator=g)).float()
+    with pytest.raises(ValueError, match="overflows float32"):
+        dk.coral(xs, xt, backend="cpu")
+    assert torch.isfinite(dk.coral(xs.double(), xt.double(), backend="cpu"))

@@ -7,8 +7,9 @@ Error measures (the bars of issue 2):
   kernel.  The sum of the terms' magnitudes is the scale at which the float32 sums are formed.
 * gradient: ‖g_cpu − g_ref‖ / ‖g_ref‖ per layer.
 
-Tile shapes are varied (``SMALL_TILE`` / ``MID_TILE`` / ``LARGE_TILE``) so that small inputs also run through
-many tiles, partial tiles and several threads; one test runs N = 3000 at the default tiles.
+Tile shapes are varied (``SMALL_TILE`` / ``MID_TILE`` / ``LARGE_TILE``) so that small inputs
+also run through many tiles, partial tiles and several threads; one test runs N = 3000 at the
+default tiles.
 """
 
 from __future__ import annotations

@@ -96,8 +96,22 @@ x = torch.randn(1100, 48, generator=g)
 y = 1.3 * torch.randn(900, 48, generator=g) + 0.2
 xs, ys = x.clone().requires_grad_(), y.clone().requires_grad_()
 v = dk.mmd(xs, ys, backend="cpu")
-torch.save([v.detach(), *torch.autograd.grad(v, (xs, ys))], sys.argv[1])
+out = [v.detach(), *torch.autograd.grad(v, (xs, ys))]
+a = torch.randn(64, 2048, generator=g).requires_grad_()  # CORAL Gram path, threaded
+b = (1.5 * torch.randn(64, 2048, generator=g)).requires_grad_()
+c = dk.coral(a, b, backend="cpu")
+out += [c.detach(), *torch.autograd.grad(c, (a, b))]
+torch.save(out, sys.argv[1])
 """
+
+
+def _coral_and_grads():
+    g = torch.Generator().manual_seed(0)
+    torch.randn(1100, 48, generator=g), torch.randn(900, 48, generator=g)  # as in _CHILD
+    a = torch.randn(64, 2048, generator=g).requires_grad_()
+    b = (1.5 * torch.randn(64, 2048, generator=g)).requires_grad_()
+    c = dk.coral(a, b, backend="cpu")
+    return (c.detach(), *torch.autograd.grad(c, (a, b)))
 
 
 @pytest.mark.parametrize(
@@ -110,8 +124,9 @@ torch.save([v.detach(), *torch.autograd.grad(v, (xs, ys))], sys.argv[1])
     ],
 )
 def test_openmp_settings_give_the_same_bits(tmp_path, env, threads):
-    """A child under each OpenMP setting reproduces this process's value and gradients."""
-    here = _mmd_and_grads(*_inputs(1100, 900, 48))
+    """A child under each OpenMP setting reproduces this process's MMD and CORAL values and
+    gradients bit for bit."""
+    here = (*_mmd_and_grads(*_inputs(1100, 900, 48)), *_coral_and_grads())
     out = tmp_path / "run.pt"
     subprocess.run([sys.executable, "-c", _CHILD, str(out), str(threads)],
                    env={**os.environ, **env}, check=True)

@@ -11,6 +11,7 @@ import torch
 from .. import _C
 
 PATHS = {"auto": 0, "gram": 1, "cov": 2}
+_FLOAT32_MAX = torch.finfo(torch.float32).max
 
 
 def coral_sweep(
@@ -29,8 +30,9 @@ def coral_sweep_float(
     ``path="auto"`` picks the Gram path when ``n_s + n_t < d`` (cost ~1.5 N²d and N² memory),
     else the d×d covariance path (~1.5 N d²); both are exact.  Inputs: CPU, float32 or float64,
     rows with unit column stride (other layouts are copied once).  Raises ``ValueError`` for
-    NaN/Inf features (naming the domain and row) or overflowing products, ``MemoryError`` when
-    the kernel's scratch cannot be allocated.
+    NaN/Inf features (naming the domain and row), overflowing products or a float32 loss
+    beyond float32's range (the value scales as the 4th power of the features), and
+    ``MemoryError`` when the kernel's scratch cannot be allocated.
     """
     if xs.stride(-1) != 1:
         xs = xs.contiguous()
@@ -48,4 +50,9 @@ def coral_sweep_float(
         "float32" if xs.dtype == torch.float32 else "float64",
         gs_ptr, gt_ptr, need_grad, PATHS[path], torch.get_num_threads(),
     )
+    if xs.dtype == torch.float32 and abs(value) > _FLOAT32_MAX:
+        raise ValueError(
+            f"features too large: the CORAL loss {value:.3g} overflows float32 (use float64 or "
+            f"rescale the features)"
+        )
     return value, ([gs, gt] if need_grad else [])
