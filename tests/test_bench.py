@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import subprocess
 
 import pytest
@@ -38,6 +39,12 @@ def test_bench_mmd_quick_end_to_end(tmp_path, capsys) -> None:
     assert {"benchmark", "machine", "config", "summary", "bars", "results"} <= payload.keys()
     assert payload["benchmark"] == "mmd" and payload["config"]["quick"] is True
     assert {"date", "cpu", "torch", "cpu_count", "device"} <= payload["machine"].keys()
+    # the figures depend on the C++ core's instruction-set copy: named in the JSON and printed
+    from dapkernels import _C
+
+    assert payload["machine"]["core_isa"] == _C.isa
+    assert payload["machine"]["isa_cap"] == (os.environ.get("DAPKERNELS_ISA") or None)
+    assert f"C++ core ISA {_C.isa}" in printed and payload["machine"]["cpu"] in printed
     comparison = payload["summary"]["comparison"]
     assert [(r["b"], r["d"]) for r in comparison] == [(8, 16), (16, 16)]
     for row in comparison:
