@@ -233,3 +233,11 @@ def test_fixed_bandwidths_at_extreme_scales(exponent):
     assert abs(value.item() - expected.item()) <= 1e-5 * (1.0 + abs(expected.item()))
     err = (gx.double() * scale - expected_gx).norm() / expected_gx.norm()
     assert err.item() <= 1e-4
+
+
+def test_unknown_isa_cap_is_refused_at_import():
+    env = {**os.environ, "DAPKERNELS_ISA": "sse9"}
+    proc = subprocess.run([sys.executable, "-c", "import dapkernels._C"], env=env,
+                          capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "DAPKERNELS_ISA must be one of baseline, avx2, avx512" in proc.stderr
