@@ -2,7 +2,7 @@
 //
 // Both domains are centred (float64 means, the centred values rounded once to the working
 // precision) into a zero-padded workspace Z (N × ldz, N = n_s + n_t), then one of two exact
-// paths runs, chosen by cost (DESIGN §4):
+// paths runs, chosen by cost:
 //   Gram (N < d): G = Z Zᵀ (N×N), value = Σ_ij W_ij G_ij² / (4d²) with W_ss = 1/a², W_tt = 1/b²,
 //                 W_st = −1/(ab) (a = n_s − 1, b = n_t − 1); gradient = (W∘G) Z / d².
 //   cov  (N ≥ d): D = Z_sᵀZ_s/a − Z_tᵀZ_t/b (d×d), value = ‖D‖² / (4d²);
@@ -122,11 +122,7 @@ struct Kernels {
 
 template <typename T>
 Kernels<T> kernels() {
-#ifdef DK_X86
-  if (active_isa() == Isa::avx512) return DK_CORAL_KERNELS(isa_avx512, T);
-  if (active_isa() == Isa::avx2) return DK_CORAL_KERNELS(isa_avx2, T);
-#endif
-  return DK_CORAL_KERNELS(isa_base, T);
+  DK_SELECT_ISA(DK_CORAL_KERNELS, T);
 }
 
 inline std::int64_t round_up(std::int64_t x, std::int64_t m) { return (x + m - 1) / m * m; }

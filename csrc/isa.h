@@ -15,6 +15,19 @@
 #define DK_X86 1
 #endif
 
+// Body of a family's kernels<T>() accessor: returns MAKE(ns, T), the table of entry points
+// of the active copy's namespace ns (isa_base, isa_avx2 or isa_avx512).
+#ifdef DK_X86
+#define DK_SELECT_ISA(MAKE, T)                                              \
+  switch (::dk::active_isa()) {                                             \
+    case ::dk::Isa::avx512: return MAKE(isa_avx512, T);                     \
+    case ::dk::Isa::avx2: return MAKE(isa_avx2, T);                         \
+    default: return MAKE(isa_base, T);                                      \
+  }
+#else
+#define DK_SELECT_ISA(MAKE, T) return MAKE(isa_base, T)
+#endif
+
 namespace dk {
 
 enum class Isa { base = 0, avx2 = 1, avx512 = 2 };

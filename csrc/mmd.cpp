@@ -1,4 +1,4 @@
-// Fused MMD / JMMD sweep on the CPU (DESIGN §3): block sums S_ss, S_st, S_tt of a Gaussian bank
+// Fused MMD / JMMD sweep on the CPU: block sums S_ss, S_st, S_tt of a Gaussian bank
 // (or of the product of several banks for JMMD) and, in the same pass, the gradient of
 // L = w_ss S_ss + 2 w_st S_st + w_tt S_tt.
 //
@@ -81,11 +81,7 @@ struct Kernels {
 
 template <typename T>
 Kernels<T> kernels() {
-#ifdef DK_X86
-  if (active_isa() == Isa::avx512) return DK_KERNELS(isa_avx512, T);
-  if (active_isa() == Isa::avx2) return DK_KERNELS(isa_avx2, T);
-#endif
-  return DK_KERNELS(isa_base, T);
+  DK_SELECT_ISA(DK_KERNELS, T);
 }
 
 // Builds the evaluation plan of a bank: γ_q = 1/(2σ_q²) sorted ascending, equal γ merged, and
