@@ -34,9 +34,13 @@ def _mean_sq_distance(z64: torch.Tensor) -> torch.Tensor:
 
 def gammas(z: torch.Tensor, factors: Sequence[float], relative: bool) -> torch.Tensor:
     """γ_q = 1 / (2σ_q²) with σ_q² = factor_q (fixed) or factor_q · mean distance (relative)."""
-    f = torch.tensor(factors, dtype=torch.float64, device=z.device)
-    sigma2 = f * mean_sq_distance(z) if relative else f
-    return 0.5 / sigma2
+    return _gammas(z.detach().to(torch.float64), factors, relative)
+
+
+def _gammas(z64: torch.Tensor, factors: Sequence[float], relative: bool) -> torch.Tensor:
+    """:func:`gammas` of a float64 tensor, differentiable in ``z64`` (no detach)."""
+    f = torch.tensor(list(factors), dtype=torch.float64, device=z64.device)
+    return 0.5 / (f * _mean_sq_distance(z64) if relative else f)
 
 
 def pairwise_sq_distances(z64: torch.Tensor) -> torch.Tensor:
@@ -79,12 +83,8 @@ def mmd_sweep(
     for l, z in enumerate(zs):
         check_finite(z, f"features (layer {l})")
     z64s = [z.detach().to(torch.float64) for z in zs]
-    values, slopes = [], []  # per layer: K_l = Σ_q e^{−γ_q D}, K_l' = −Σ_q γ_q e^{−γ_q D}
-    for z64, f, rel in zip(z64s, factors, relative):
-        g = gammas(z64, f, rel)[:, None, None]
-        e = torch.exp(-g * pairwise_sq_distances(z64)[None])
-        values.append(e.sum(dim=0))
-        slopes.append(-(g * e).sum(dim=0))
+    values, slopes = _banks(z64s, [gammas(z64, f, rel) for z64, f, rel in
+                                   zip(z64s, factors, relative)], exact_diagonal=False)
     kernel = values[0]
     for v in values[1:]:
         kernel = kernel * v
@@ -92,16 +92,39 @@ def mmd_sweep(
     if not need_grad:
         return sums, []
     w = pair_weight_matrix(n, kernel.shape[0] - n, weights, kernel.dtype, kernel.device)
+    grads = _closed_form_grads(z64s, values, slopes, w)
+    return sums, [g.to(z.dtype) for g, z in zip(grads, zs)]
+
+
+def _banks(z64s: Sequence[torch.Tensor], gams: Sequence[torch.Tensor],
+           exact_diagonal: bool) -> tuple[list, list]:
+    """Per layer ``K_l = Σ_q e^{−γ_q D}`` and ``K_l′ = −Σ_q γ_q e^{−γ_q D}`` (N × N), from the
+    float64 rows and the γ of each layer; ``exact_diagonal`` sets ``D_ii`` to exactly 0 instead
+    of its rounding residue (and keeps the diagonal out of the autograd graph)."""
+    values, slopes = [], []
+    for z64, gam in zip(z64s, gams):
+        dist = pairwise_sq_distances(z64)
+        if exact_diagonal:
+            eye = torch.eye(dist.shape[0], dtype=torch.bool, device=dist.device)
+            dist = dist.masked_fill(eye, 0.0)
+        g = gam[:, None, None]
+        e = torch.exp(-g * dist[None])
+        values.append(e.sum(dim=0))
+        slopes.append(-(g * e).sum(dim=0))
+    return values, slopes
+
+
+def _closed_form_grads(z64s: Sequence[torch.Tensor], values: Sequence[torch.Tensor],
+                       slopes: Sequence[torch.Tensor], w: torch.Tensor) -> list[torch.Tensor]:
+    """``∂L/∂z_l = 4 [rowsum(C^l) ⊙ z_l − C^l z_l]``, ``C^l = W ∘ K_l′ ∘ Π_{o≠l} K_o`` (float64)."""
     grads = []
     for l, z64 in enumerate(z64s):
-        others = torch.ones_like(kernel)
-        for j, v in enumerate(values):
-            if j != l:
-                others = others * v
-        c = w * others * slopes[l]  # C_ij = W_ij · Π_{l'≠l} K_l' · K_l'(d_ij)
-        grad = 4.0 * (c.sum(dim=1, keepdim=True) * z64 - c @ z64)
-        grads.append(grad.to(zs[l].dtype))
-    return sums, grads
+        c = w * slopes[l]
+        for o, v in enumerate(values):
+            if o != l:
+                c = c * v
+        grads.append(4.0 * (c.sum(dim=1, keepdim=True) * z64 - c @ z64))
+    return grads
 
 
 def pair_weight_matrix(n: int, m: int, weights: Sequence[float], dtype: torch.dtype,
@@ -147,25 +170,10 @@ def mmd_grad_formula(
     """
     n, m = sources[0].shape[0], targets[0].shape[0]
     zs = [torch.cat((s, t)).to(torch.float64) for s, t in zip(sources, targets)]
-    device = zs[0].device
-    eye = torch.eye(n + m, dtype=torch.bool, device=device)
-    values, slopes = [], []
-    for z, f, rel in zip(zs, factors, relative):
-        fac = torch.tensor(list(f), dtype=torch.float64, device=device)
-        gam = (0.5 / (fac * _mean_sq_distance(z)) if rel else 0.5 / fac)[:, None, None]
-        dist = pairwise_sq_distances(z).masked_fill(eye, 0.0)  # D_ii ≡ 0 exactly
-        e = torch.exp(-gam * dist[None])
-        values.append(e.sum(dim=0))
-        slopes.append(-(gam * e).sum(dim=0))
-    w = pair_weight_matrix(n, m, weights, torch.float64, device)
-    grads = []
-    for l, z in enumerate(zs):
-        c = w * slopes[l]
-        for o, v in enumerate(values):
-            if o != l:
-                c = c * v
-        grads.append(4.0 * (c.sum(dim=1, keepdim=True) * z - c @ z))
-    return grads
+    values, slopes = _banks(zs, [_gammas(z, f, rel) for z, f, rel in zip(zs, factors, relative)],
+                            exact_diagonal=True)
+    w = pair_weight_matrix(n, m, weights, torch.float64, zs[0].device)
+    return _closed_form_grads(zs, values, slopes, w)
 
 
 # ---- CORAL --------------------------------------------------------------------------------------
@@ -177,7 +185,8 @@ def coral_sweep(
     """Deep CORAL value ``‖C_s − C_t‖_F² / (4d²)`` and its gradient, in float64.
 
     ``C = X̃ᵀX̃/(n − 1)`` with ``X̃`` the column-centred batch.  ``path="cov"`` (the oracle)
-    builds both d×d covariances; ``path="gram"`` uses the n×n Gram matrices of DESIGN §4
+    builds both d×d covariances; ``path="gram"`` uses the n×n Gram matrices of
+    :func:`coral_formula`
     (the fallback for devices without a kernel, where d×d may not fit).  Formulas in
     :func:`coral_formula`; this entry adds the finiteness checks.
 
