@@ -2,7 +2,7 @@
 // namespace and under `#pragma GCC target(...)` (no include guard on purpose); simd.h must be
 // included first in the same namespace.  OpenMP regions here inherit the target of the copy.
 //
-// Notation (DESIGN §3): c = centred rows of one layer, D_ij = ‖c_i‖² + ‖c_j‖² − 2 c_i·c_j,
+// Notation (as in dapkernels/backends/reference.py::mmd_sweep): c = centred rows of one layer, D_ij = ‖c_i‖² + ‖c_j‖² − 2 c_i·c_j,
 // K_l = Σ_q e^{−γ_q D} (bank of layer l), K_l' = −Σ_q γ_q e^{−γ_q D}, joint kernel k = Π_l K_l,
 // C^l_ij = W_ij · K_l'(D_l,ij) · Π_{l'≠l} K_l'(D_l',ij) and ∂L/∂c_l,i = 4 [rowsum(C^l)_i c_l,i −
 // (C^l c_l)_i].  Tiles are visited with I ≤ J only: an off-diagonal entry stands for the pairs

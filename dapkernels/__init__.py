@@ -1,6 +1,6 @@
 """dapkernels: fused kernels and metrics for deep domain adaptation.
 
-Public API (see DESIGN §2): ``GaussianKernels``, ``mmd`` / ``MMDLoss``, ``jmmd`` / ``JMMDLoss``,
+Public API (README "Use"): ``GaussianKernels``, ``mmd`` / ``MMDLoss``, ``jmmd`` / ``JMMDLoss``,
 ``coral`` / ``CORALLoss``, ``grad_reverse`` / ``GradientReversal`` /
 ``WarmStartGradientReversal``, ``DomainDiscriminator`` / ``DomainAdversarialLoss``,
 ``RunningCovariance``.

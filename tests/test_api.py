@@ -1,4 +1,5 @@
-"""Public API contract (DESIGN §2): argument checking, estimator definitions, modules, compile."""
+"""Public API contract (README "Use"): argument checking, estimator definitions, modules,
+compile."""
 
 import math
 

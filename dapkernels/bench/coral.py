@@ -6,7 +6,8 @@ one process, timed in interleaved rounds (see :mod:`dapkernels.bench.common`):
 
 * ``ours``: :func:`dapkernels.coral` (one C++ call, Gram or d×d path by cost);
 * ``naive``: :func:`dapkernels.train.baselines.naive_coral`, two d×d covariances + autograd;
-* ``gram-torch``: the Gram formula of DESIGN §4 written in plain torch, with autograd.
+* ``gram-torch``: the Gram formula of ``reference.coral_formula`` in plain torch, with
+  autograd.
 
 Speed-ups are naive time / our time from medians (and from minima, less sensitive to other
 load on the machine).  Peak memory is the growth during one steady-state call beyond the
@@ -52,7 +53,7 @@ BARS = {(32, 2048): (40.0, None), (32, 256): (4.0, None), (64, 8192): (250.0, 32
 
 
 def gram_torch_coral(f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
-    """DESIGN §4's Gram formula in plain torch (autograd does the backward)."""
+    """The Gram formula of ``reference.coral_formula`` in plain torch (autograd: backward)."""
     d = f_s.shape[1]
     a, b = f_s.shape[0] - 1, f_t.shape[0] - 1
     xs = f_s - f_s.mean(dim=0, keepdim=True)

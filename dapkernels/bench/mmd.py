@@ -11,7 +11,7 @@ batches), float32, unbiased estimator, default bank (``GaussianKernels()``: α =
   so.  Speed-ups are baseline time / our time, from medians (and from minima, less sensitive
   to other load on the machine).
 * **GEMM reference** at ``N = n + m`` rows: our time divided by the reference time
-  ``2 · t(Z @ Zᵀ)`` (a reference, not a floor: the fused sweep beats it) of DESIGN §3,
+  ``2 · t(Z @ Zᵀ)`` (a reference, not a floor: the fused sweep beats it),
   measured in the same process right after ours, on ``Z = cat(source, target)``.
   The GEMM writes into a preallocated output (allocation and page faults are not part of the
   reference).  When the N×N output would exceed 1 GiB (N > 16384 in float32; at N = 65536 it is

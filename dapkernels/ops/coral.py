@@ -1,7 +1,8 @@
 """The CORAL op: one backend call gives the Deep CORAL value and its gradient.
 
 ``L = ‖C_s − C_t‖_F² / (4d²)``, ``C = X̃ᵀX̃/(n − 1)``.  The backend computes ∂L/∂X_s and
-∂L/∂X_t in the same call as L (DESIGN §4); backward only multiplies them by ``grad_output``.
+∂L/∂X_t in the same call as L (formulas: ``backends.reference.coral_formula``); backward only
+multiplies them by ``grad_output``.
 Eager calls use a lean ``torch.autograd.Function``; under ``torch.compile`` the same sweep is
 reached through the ``dapkernels::coral_fused`` custom op (fake + autograd registered), so
 compiled graphs do not break.

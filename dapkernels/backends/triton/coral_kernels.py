@@ -1,4 +1,5 @@
-"""Triton kernels of the CORAL Gram path (DESIGN §4), for n_s + n_t ≤ BN rows (BN = 64).
+"""Triton kernels of the CORAL Gram path (formulas: ``reference.coral_formula``), for
+n_s + n_t ≤ BN rows (BN = 64).
 
 With ``X̃`` the per-domain column-centred rows of both batches stacked (N = n_s + n_t) and
 ``G = X̃ X̃ᵀ`` (N × N):

@@ -1,4 +1,4 @@
-"""Triton kernels of the fused MMD / JMMD sweep (DESIGN §3).
+"""Triton kernels of the fused MMD / JMMD sweep (formulas: ``reference.mmd_sweep``).
 
 Three sweep kernels, picked by the host (``mmd.py``) per call:
 

@@ -18,7 +18,7 @@ Three patterns, each computing exactly the quantity of :func:`dapkernels.mmd` /
   ``‖a‖² + ‖b‖² − 2abᵀ`` clamped at 0, closed-form bandwidth in O(N·d), one ``exp`` per kernel,
   block sums combined with the estimator weights; the linear estimator is O(N·d).
 
-Bandwidth convention (all patterns, as in DESIGN §2): for relative banks
+Bandwidth convention (all patterns, as in :class:`~dapkernels.GaussianKernels`): for relative banks
 ``σ_q² = α_q · mean_{i,j} ‖z_i − z_j‖²`` over all N² ordered pairs, detached.  DeepDA divides
 the distance sum by ``N² − N`` and uses ``exp(−D / bw)``; here its bandwidth list is
 ``bw_q = 2 α_q · Σ D / N²`` so that it equals our bank — with ``kernel_mul = 2``,
