@@ -21,7 +21,7 @@ import dapkernels as dk
 from dapkernels import _C
 from dapkernels.backends import cpu_coral
 
-from .test_coral import draw
+from .test_coral import draw, oracle_with_grad, rel
 
 ROOT = Path(__file__).resolve().parents[1]
 ISAS = ("baseline", "avx2", "avx512")
@@ -100,13 +100,16 @@ def _run(xs, xt, path):
 
 @pytest.mark.parametrize("ns, nt, d, path", DET_CASES)
 def test_bitwise_repeatable_and_thread_independent(ns, nt, d, path):
+    """The core is bitwise independent of the thread count; the BLAS route (a baseline core
+    only) inherits torch's GEMMs, which are repeatable at a fixed thread count."""
     xs, xt = draw(ns, nt, d, torch.float32, 10.0, 6)
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(max(2, before))
         runs = [_run(xs, xt, path) for _ in range(5)]
-        torch.set_num_threads(1)
-        runs.append(_run(xs, xt, path))
+        if cpu_coral.blas_route(ns, nt, d, path) is None:
+            torch.set_num_threads(1)
+            runs.append(_run(xs, xt, path))
     finally:
         torch.set_num_threads(before)
     v0, gs0, gt0 = runs[0]
@@ -132,7 +135,8 @@ for ns, nt, d, path in ((32, 32, 256, "auto"), (32, 32, 2048, "auto"), (13, 22, 
         v, (gs, gt) = cpu_coral.coral_sweep(xs, xt, True, path)
         dv = abs(float(v) - float(v0)) / float(v0)
         out.append({"case": [ns, nt, d, path, str(dtype)], "dv": dv, "gs": rel(gs, gs0),
-                    "gt": rel(gt, gt0), "v": float(v)})
+                    "gt": rel(gt, gt0), "v": float(v),
+                    "route": cpu_coral.blas_route(ns, nt, d, path)})
 print(json.dumps({"isa": _C.isa, "results": out}))
 """
 
@@ -159,6 +163,18 @@ def test_each_instruction_set_meets_the_accuracy_bar(isa_results, isa):
         assert r["dv"] <= tol_v and r["gs"] <= tol_g and r["gt"] <= tol_g, (isa, r)
 
 
+def test_baseline_copy_hands_gemm_bound_problems_to_torch(isa_results):
+    """Under the baseline copy, where torch has wider vectors, the GEMM-bound case of the child
+    (32 + 32, d = 2048, Gram path) took the BLAS route and met the bar above; no other copy
+    routes anything."""
+    wider = torch.backends.cpu.get_cpu_capability() != "DEFAULT"
+    for isa, res in isa_results.items():
+        routes = {tuple(r["case"][:4]): r["route"] for r in res["results"]}
+        expect_gram = "gram" if isa == "baseline" and wider else None
+        assert routes[(32, 32, 2048, "auto")] == expect_gram, isa
+        assert routes[(5, 3, 1, "auto")] is None and routes[(32, 32, 256, "auto")] is None
+
+
 def test_instruction_sets_agree(isa_results):
     ran = [isa_results[isa] for isa in ISAS_HERE]
     assert ran[0]["isa"] == "baseline"
@@ -166,6 +182,60 @@ def test_instruction_sets_agree(isa_results):
         for a, b in zip(ran[0]["results"], other["results"]):
             tol = 1e-5 if "float32" in a["case"][4] else 1e-10
             assert abs(a["v"] - b["v"]) <= tol * abs(a["v"]), (other["isa"], a["case"])
+
+
+# ---- BLAS route (baseline core, wider torch) ---------------------------------------------------
+
+BLAS_CASES = [(32, 32, 2048, "gram"), (17, 40, 777, "gram"), (128, 128, 256, "cov"),
+              (300, 211, 67, "cov"), (2, 3, 900, "gram"), (40, 2, 5, "cov")]
+
+
+@pytest.mark.parametrize("ns, nt, d, path", BLAS_CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_blas_route_meets_the_accuracy_bar(ns, nt, d, path, dtype):
+    xs, xt = draw(ns, nt, d, dtype, 100.0, ns + nt + d)
+    v0, gs0, gt0 = oracle_with_grad(xs, xt)
+    sweep = cpu_coral.blas_gram_sweep if path == "gram" else cpu_coral.blas_cov_sweep
+    v, (gs, gt) = sweep(xs, xt, True)
+    assert gs.dtype == gt.dtype == dtype and gs.shape == xs.shape and gt.shape == xt.shape
+    tol_v, tol_g = (1e-5, 1e-4) if dtype == torch.float32 else (1e-10, 1e-9)
+    assert abs(v - float(v0)) <= tol_v * float(v0)
+    assert rel(gs, gs0) <= tol_g and rel(gt, gt0) <= tol_g
+    assert sweep(xs, xt, False) == (v, [])
+
+
+@pytest.mark.parametrize("path", ["gram", "cov"])
+def test_blas_route_raises_like_the_core(path):
+    d = 40 if path == "gram" else 5
+    xs, xt = draw(6, 7, d, torch.float32, 0.0, 1)
+    sweep = cpu_coral.blas_gram_sweep if path == "gram" else cpu_coral.blas_cov_sweep
+    bad = xt.clone()
+    bad[4, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"f_t contains non-finite values .*: row 4\b"):
+        sweep(xs, bad, True)
+    with pytest.raises(ValueError, match="features too large"):
+        sweep(xs * 1e25, xt, True)
+
+
+def test_blas_route_rule(monkeypatch):
+    """Only a baseline core with a wider torch routes, and only from BLAS_MIN_WORK on; the
+    public loss then equals the core's within the float32 bar."""
+    monkeypatch.setattr(cpu_coral, "_BLAS_WIDER", False)
+    assert cpu_coral.blas_route(64, 64, 8192, "auto") is None
+    monkeypatch.setattr(cpu_coral, "_BLAS_WIDER", True)
+    w = cpu_coral.BLAS_MIN_WORK
+    assert cpu_coral.blas_route(32, 32, w // 64**2, "auto") == "gram"
+    assert cpu_coral.blas_route(32, 32, w // 64**2 - 1, "auto") is None
+    assert cpu_coral.blas_route(512, 512, 64, "auto") == "cov"  # 1024·64² = w
+    assert cpu_coral.blas_route(256, 256, 64, "auto") is None
+    assert cpu_coral.blas_route(64, 64, 512, "cov") == "cov"  # forced path: its own work
+    xs, xt = draw(64, 64, 1024, torch.float32, 3.0, 8)
+    v_route, g_route = cpu_coral.coral_sweep(xs, xt, True)
+    monkeypatch.setattr(cpu_coral, "_BLAS_WIDER", False)
+    v_core, g_core = cpu_coral.coral_sweep(xs, xt, True)
+    assert abs(float(v_route) - float(v_core)) <= 1e-5 * float(v_core)
+    for a, b in zip(g_route, g_core):
+        assert rel(a, b.double()) <= 1e-4
 
 
 # ---- allocation failure -----------------------------------------------------------------------
