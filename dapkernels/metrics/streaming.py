@@ -126,7 +126,10 @@ def _as_chunk(item: object, name: str) -> torch.Tensor:
     if isinstance(item, np.ndarray):
         if item.dtype.kind != "f":
             raise TypeError(f"{name} must hold floating-point features, got dtype {item.dtype}")
-        item = torch.from_numpy(np.ascontiguousarray(item))
+        arr = np.ascontiguousarray(item)
+        if not arr.flags.writeable:  # a read-only memmap: copy the chunk (torch needs writable)
+            arr = arr.copy()
+        item = torch.from_numpy(arr)
     if not isinstance(item, torch.Tensor):
         raise TypeError(f"{name} must be a tensor or a NumPy array, got {type(item).__name__}")
     if not item.is_floating_point():
