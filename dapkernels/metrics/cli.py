@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["add_shift_parser", "run", "MIN_ROWS", "METHODS"]
+__all__ = ["add_shift_parser", "run", "report", "machine_info", "MIN_ROWS", "METHODS"]
 
 #: Fewest rows per file: two complete units of the block and linear tests (B ≥ 2).
 MIN_ROWS = 4
@@ -212,7 +212,8 @@ def _domain_shift(src: np.ndarray, tgt: np.ndarray) -> dict:
     return state.compute()
 
 
-def _machine() -> dict:
+def machine_info() -> dict:
+    """CPU model, cores, torch version and threads, the C++ core's instruction set."""
     cpu = platform.processor() or "unknown"
     try:
         with open("/proc/cpuinfo") as fh:
@@ -409,7 +410,7 @@ def _run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     payload["domain_shift"] = {**_domain_shift(src, tgt), "runtime_s": time.perf_counter() - t0}
     payload["runtime_s"] = time.perf_counter() - start
-    payload["machine"] = _machine()
+    payload["machine"] = machine_info()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     print(report(payload))
