@@ -211,5 +211,7 @@ def test_errors_name_the_argument():
         block_mmd_test(x, y, block_size=1)
     with pytest.raises(TypeError, match="x must be a tensor"):
         block_mmd_test("features.npy", y)
+    with pytest.raises(ValueError, match="y yielded no rows"):
+        block_mmd_test([x], iter([]), block_size=10)
     with pytest.raises(TypeError, match="floating-point"):
         block_mmd_test(np.zeros((10, 2), dtype=np.int64), y)

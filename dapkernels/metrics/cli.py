@@ -50,6 +50,7 @@ METHODS = ("permutation", "wild", "aggregated", "block", "linear")
 _STREAMED = ("block", "linear")
 _PCA_ROWS = 2000
 _SCAN_ROWS = 65536
+_FEED_ROWS = 8192
 
 
 class InputError(Exception):
@@ -205,9 +206,9 @@ def _domain_shift(src: np.ndarray, tgt: np.ndarray) -> dict:
     from .shift_state import DomainShift
 
     state = DomainShift()
-    for i in range(0, max(src.shape[0], tgt.shape[0]), _SCAN_ROWS):
-        s = torch.from_numpy(np.array(src[i:i + _SCAN_ROWS])) if i < src.shape[0] else None
-        t = torch.from_numpy(np.array(tgt[i:i + _SCAN_ROWS])) if i < tgt.shape[0] else None
+    for i in range(0, max(src.shape[0], tgt.shape[0]), _FEED_ROWS):
+        s = torch.from_numpy(np.array(src[i:i + _FEED_ROWS])) if i < src.shape[0] else None
+        t = torch.from_numpy(np.array(tgt[i:i + _FEED_ROWS])) if i < tgt.shape[0] else None
         state.update(source=s, target=t)
     return state.compute()
 

@@ -491,14 +491,15 @@ def _stream(x: object, y: object, state: BlockStream, progress: bool, desc: str)
                 used = state.add(dom, chunk, names[dom])
                 if bar is not None and used:
                     bar.update(used)
+        for dom in (0, 1):
+            if state.rows[dom] == 0:
+                raise ValueError(f"{names[dom]} yielded no rows")
         used = state.finalize()
         if bar is not None and used:
             bar.update(used)
     finally:
         if bar is not None:
             bar.close()
-    if state.d is None:
-        raise ValueError("x and y yielded no rows")
 
 
 def _run(x, y, kernels, kind, estimator, alpha, block_size, progress, method) -> TestResult:
