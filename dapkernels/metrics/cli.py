@@ -4,12 +4,13 @@ SOURCE and TARGET are feature files, one row per sample (extra dimensions are fl
 
 * ``.npy`` — memory-mapped (``np.load(mmap_mode="r")``): the block / linear tests and the
   CORAL / mean-shift state stream over it, so it need not fit in memory;
-* ``.npz`` — the file's only array, or ``FILE.npz:KEY`` for a named one;
+* ``.npz`` — the file's only array, or ``FILE.npz:KEY`` for a named one (a trainers' ``npz:``
+  dataset file gives ``FILE.npz:Xs FILE.npz:Xt``);
 * ``.pt`` / ``.pth`` — a tensor saved with ``torch.save`` (or a dict holding exactly one tensor),
   loaded with ``weights_only=True``.
 
-Datasets pushed through a backbone (the trainers' ``npz:`` / ``folder:`` inputs) are not read
-here: extract the features first and save them as one of the files above.
+Image folders pushed through a backbone (the trainers' ``folder:`` inputs) are not read here:
+extract the features with the trained model first and save them as one of the files above.
 
 For each ``--method``: "block" and "linear" run :func:`~dapkernels.metrics.block_mmd_test` /
 :func:`~dapkernels.metrics.linear_mmd_test` (Gaussian null, streamed); "permutation", "wild"

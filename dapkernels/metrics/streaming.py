@@ -425,7 +425,7 @@ class BlockStream:
         self.pilot = [None if p is None else p.clone() for p in state["pilot"]]
         self.pending = [[p.clone()] if p is not None else [] for p in state["pending"]]
         self.pending_rows = [0 if p is None else p.shape[0] for p in state["pending"]]
-        tensors = [t for t in self.pilot + [p for ps in self.pending for p in ps]]
+        tensors = [t for t in self.pilot if t is not None] + [p for ps in self.pending for p in ps]
         self.device = tensors[0].device if tensors else None
 
     # ---------------------------------------------------------------- result
