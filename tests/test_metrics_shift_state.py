@@ -170,3 +170,11 @@ def test_bad_input_raises_naming_the_argument():
         s.update(source=[[1.0, 2.0]])
     with pytest.raises(ValueError, match="block_size"):
         DomainShift(block_size=0)
+
+
+def test_state_dict_of_an_empty_state():
+    x, y = _data(120, 120, 3, seed=8)
+    fresh = DomainShift(block_size=20)
+    fresh.load_state_dict(DomainShift(block_size=20).state_dict())
+    direct = DomainShift(block_size=20).update(source=x, target=y).compute()
+    _close(fresh.update(source=x, target=y).compute(), direct)
