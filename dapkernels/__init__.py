@@ -6,6 +6,7 @@ Public API (README "Use"): ``GaussianKernels``, ``mmd`` / ``MMDLoss``, ``jmmd`` 
 ``RunningCovariance``.
 """
 
+from . import metrics
 from .adversarial import DomainAdversarialLoss, DomainDiscriminator
 from .covariance import RunningCovariance
 from .functional import coral, grad_reverse, jmmd, mmd
@@ -34,5 +35,6 @@ __all__ = [
     "DomainDiscriminator",
     "DomainAdversarialLoss",
     "RunningCovariance",
+    "metrics",
     "__version__",
 ]

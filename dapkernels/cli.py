@@ -13,6 +13,7 @@ from collections.abc import Sequence
 def build_parser() -> argparse.ArgumentParser:
     from .bench.cli import add_bench_parser
     from .demo import add_demo_parser
+    from .metrics.cli import add_shift_parser
     from .train.cli import add_train_parser
 
     parser = argparse.ArgumentParser(
@@ -23,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_demo_parser(sub)
     add_train_parser(sub)
     add_bench_parser(sub)
+    add_shift_parser(sub)
     return parser
 
 

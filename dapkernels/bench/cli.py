@@ -26,6 +26,7 @@ BENCHMARKS: dict = {
     "mmd": "dapkernels.bench.mmd",
     "coral": "dapkernels.bench.coral",
     "grl": "dapkernels.bench.grl",
+    "shift": "dapkernels.bench.shift",
 }
 
 

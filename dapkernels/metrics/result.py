@@ -48,6 +48,9 @@ class TestResult:
         estimator: "unbiased" | "biased" (block / linear: the estimator inside each block).
         std_error: standard error of the statistic under the null (Gaussian-null methods).
         per_kernel: one :class:`KernelResult` per bandwidth for "aggregated", else empty.
+        num_blocks: "block" / "linear": the number K of units averaged (0 otherwise).
+        block_size: "block": rows per domain in a block; "linear": 2 (0 otherwise).
+        sigma2: "block" / "linear": the bandwidths σ_q² of the bank used (empty otherwise).
     """
 
     statistic: float
@@ -61,3 +64,6 @@ class TestResult:
     estimator: str
     std_error: float | None = None
     per_kernel: tuple[KernelResult, ...] = field(default_factory=tuple)
+    num_blocks: int = 0
+    block_size: int = 0
+    sigma2: tuple[float, ...] = ()
