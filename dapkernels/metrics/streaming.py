@@ -53,9 +53,8 @@ from statistics import NormalDist
 import numpy as np
 import torch
 
-import dapkernels
-
 from .._validation import as_features
+from ..functional import mmd
 from ..kernels import GaussianKernels
 from .result import TestResult
 
@@ -345,7 +344,7 @@ class BlockStream:
             return _linear_h(xs, ys, self.sigma2)
         bank = GaussianKernels(sigmas=[math.sqrt(s2) for s2 in self.sigma2])
         b = self.block_size
-        values = [dapkernels.mmd(xs[i : i + b], ys[i : i + b], bank, "unbiased")
+        values = [mmd(xs[i : i + b], ys[i : i + b], bank, "unbiased")
                   for i in range(0, xs.shape[0], b)]
         return torch.stack(values)
 
