@@ -1,0 +1,189 @@
+"""Triton kernel of the kernel two-sample test's engine: the label quadratic forms of a bank.
+
+For rows ``z`` (N, d), a bank of Gaussian kernels ``k_l(a, b) = exp(−γ_l ‖a − b‖²)`` and a
+matrix of labels ``V`` (N, B) with entries in {−1, 0, 1} (one column per permutation or sign
+vector), the host (``quadratic_forms.py``) asks for
+
+* ``Q[l, b]       = Σ_{i≠j} K_l[i, j] V[i, b] V[j, b]``   (L', B)
+* ``rowsums[l, i] = Σ_{j≠i} K_l[i, j]``                   (L', N)
+
+with ``L' = 1`` and ``K = Σ_l K_l`` when the bank is summed, else ``L' = L`` kernels.  No N × N
+matrix is ever stored: ``quadratic_forms_kernel`` sweeps tiles (I, J) of rows.
+
+Grid ``(G, cdiv(B, BLOCK_B), num_chunks)``.  Program (g, p, c) owns
+
+* the row blocks I = g, g + G, g + 2G, … (BLOCK_I rows each; G ≤ cdiv(N, BLOCK_I) is chosen
+  by the host to fill the device, so the partial buffer stays (G, L', B) and not
+  (N / BLOCK_I, L', B));
+* the label columns ``p · BLOCK_B … (p + 1) · BLOCK_B − 1``;
+* the kernels ``c · L_PAD … (c + 1) · L_PAD − 1`` of the bank (all L summed when SUM_BANK, one
+  chunk).
+
+Per tile (I, J): ``D_IJ = ‖z_I‖² + ‖z_J‖² − 2 Z_I Z_Jᵀ`` (tl.dot over BLOCK_D-chunks of the
+columns, float32, clamped at 0), per kernel ``K = exp(−γ_l D)`` with the diagonal and the
+out-of-range rows / columns zeroed, ``rowsum_I += Σ_J K`` and ``P = (2 K ∘ [i < j]) V_J``
+(BLOCK_I × BLOCK_B, a second tl.dot with V cast to float32), reduced against ``V_I`` over the rows
+into a BLOCK_B partial of Q.  Symmetry: ``K`` is symmetric, so ``Σ_{i≠j} = 2 Σ_{i<j}`` and only
+tiles with ``J ≥ I`` (from the column block holding the diagonal of I) enter Q.  The row sums
+need every column: programs of label block 0 also visit the tiles left of the diagonal, for
+the row sums only (no label GEMM there).
+
+Accumulation and determinism: a tile's sums are float32, added into float64 accumulators (the
+row sums ``[L_PAD, BLOCK_I]`` per row block, Q ``[L_PAD, BLOCK_B]`` over the program's row
+blocks).  Each program then plainly stores its own slice — ``rowsums[l, I]`` (label block 0
+only; every row belongs to one row block, one program) and ``q_part[g, l, p-block]`` — no
+atomics anywhere: the host sums ``q_part`` over g in float64 with torch.  For a given device
+(G depends on its number of multiprocessors) and configuration the result is bitwise
+reproducible.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+#: Launch configurations, widest first: (BLOCK_I, BLOCK_J, BLOCK_B, BLOCK_D, num_warps,
+#: num_stages, shared bytes).  The last field is the largest shared memory that configuration
+#: was measured to take (``benchmarks/results/aot_quadratic_forms.txt``: sm_80 / 86 / 89 / 90 /
+#: 100 / 120, both bank modes, IEEE and TF32) rounded up; ``quadratic_forms.pick_config``
+#: takes the first entry whose bound fits the device's opt-in shared memory per block
+#: (≈ 99 KB on RTX 30 / 40 / 50, A10, L4, L40S; 163 KB on A100; 227 KB on H100 / B200).
+#: Every entry compiles without register spills on every target.
+QF_CONFIGS = (
+    (128, 64, 128, 32, 8, 2, 200 * 1024),
+    (64, 64, 64, 32, 4, 2, 96 * 1024),
+    (32, 32, 32, 16, 4, 1, 48 * 1024),
+)
+#: kernels of the bank handled by one program in per-kernel mode (a power of two); a longer
+#: bank is split over the third grid axis.
+MAX_L_PAD: tl.constexpr = tl.constexpr(16)
+
+
+@triton.jit
+def _distances(z_ptr, sq_ptr, rows_i, mask_i, off_i, sq_i, j0, N, d, stride_z,
+               BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PREC: tl.constexpr):
+    """Tile ``D_IJ = max(‖z_i‖² + ‖z_j‖² − 2 z_i·z_j, 0)`` (BLOCK_I × BLOCK_J, float32) for the
+    column rows ``j0 … j0 + BLOCK_J − 1``, with the mask of the pairs that count
+    (``i ≠ j``, both rows < N) and the column rows themselves."""
+    rows_j = j0 + tl.arange(0, BLOCK_J)
+    mask_j = rows_j < N
+    off_j = rows_j.to(tl.int64) * stride_z
+    cols = tl.arange(0, BLOCK_D)
+    dot = tl.zeros([BLOCK_I, BLOCK_J], dtype=tl.float32)
+    for c0 in range(0, d, BLOCK_D):
+        cmask = (c0 + cols) < d
+        a = tl.load(z_ptr + off_i[:, None] + c0 + cols[None, :],
+                    mask=mask_i[:, None] & cmask[None, :], other=0.0)
+        b = tl.load(z_ptr + off_j[:, None] + c0 + cols[None, :],
+                    mask=mask_j[:, None] & cmask[None, :], other=0.0)
+        dot = tl.dot(a, tl.trans(b), dot, input_precision=DOT_PREC)
+    sq_j = tl.load(sq_ptr + rows_j, mask=mask_j, other=0.0)
+    dist = tl.maximum(sq_i[:, None] + sq_j[None, :] - 2.0 * dot, 0.0)
+    keep = mask_i[:, None] & mask_j[None, :] & (rows_i[:, None] != rows_j[None, :])
+    return dist, keep, rows_j, mask_j
+
+
+@triton.jit
+def _kernel_values(dist, keep, gamma_ptr, l, l_count, SUM_BANK: tl.constexpr):
+    """``K = Σ_l exp(−γ_l D)`` over the whole bank (SUM_BANK) or ``exp(−γ_l D)`` for kernel
+    ``l``; zero where ``keep`` is false."""
+    if SUM_BANK:
+        k = tl.zeros_like(dist)
+        for q in range(l_count):
+            k += tl.exp(-tl.load(gamma_ptr + q) * dist)
+    else:
+        k = tl.exp(-tl.load(gamma_ptr + l) * dist)
+    return tl.where(keep, k, 0.0)
+
+
+@triton.jit
+def _add_lane(acc, lanes, l, part):
+    """``acc[l, :] += part`` (float64) for the lane ``l`` of an (L_PAD, n) accumulator."""
+    return tl.where((lanes == l)[:, None], acc + part.to(tl.float64)[None, :], acc)
+
+
+@triton.jit
+def quadratic_forms_kernel(
+    # pointers: centred rows (N, d) float32, their squared norms (N,) float32, the bank's γ (L,)
+    # float32, the labels (N, B) int8, the Q partials (G, L', B) float64, row sums (L', N) float64
+    z_ptr, sq_ptr, gamma_ptr, v_ptr, q_part_ptr, rowsum_ptr,
+    # sizes
+    N, d, B, L, num_groups,
+    # strides (elements) of a row of z and of v
+    stride_z, stride_v,
+    # tiles: rows I, rows J, label columns, feature chunk; kernels per program (power of two)
+    BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr,
+    L_PAD: tl.constexpr,
+    # the bank summed into one kernel (L' = 1, L_PAD = 1) or kept per kernel (L' = L)
+    SUM_BANK: tl.constexpr,
+    # tl.dot input precision of both GEMMs: "ieee" (full float32) or "tf32"
+    DOT_PREC: tl.constexpr,
+):
+    """Partial quadratic forms and row sums of one program; see the module docstring.
+
+    Writes ``q_part[g, l, b] = Σ_{I ∈ g} Σ_{i ∈ I, j ≠ i} K_l[i, j] V[i, b] V[j, b]`` for its
+    label block and kernel chunk, and (label block 0) ``rowsum[l, i] = Σ_{j≠i} K_l[i, j]``
+    for the rows of its row blocks.
+    """
+    pid_g = tl.program_id(0)
+    pid_b = tl.program_id(1)
+    pid_c = tl.program_id(2)
+    cols_b = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    mask_b = cols_b < B
+    lanes = tl.arange(0, L_PAD)
+    if SUM_BANK:
+        num_out = 1  # L'
+        l_lo = 0
+        l_count = L
+        n_lanes = 1
+    else:
+        num_out = L
+        l_lo = pid_c * L_PAD
+        l_count = tl.minimum(L - l_lo, L_PAD)
+        n_lanes = l_count
+    gammas = gamma_ptr + l_lo
+    q_acc = tl.zeros([L_PAD, BLOCK_B], dtype=tl.float64)
+
+    for i0 in range(pid_g * BLOCK_I, N, num_groups * BLOCK_I):
+        rows_i = i0 + tl.arange(0, BLOCK_I)
+        mask_i = rows_i < N
+        off_i = rows_i.to(tl.int64) * stride_z
+        sq_i = tl.load(sq_ptr + rows_i, mask=mask_i, other=0.0)
+        v_i = tl.load(v_ptr + rows_i.to(tl.int64)[:, None] * stride_v + cols_b[None, :],
+                      mask=mask_i[:, None] & mask_b[None, :], other=0).to(tl.float32)
+        r_acc = tl.zeros([L_PAD, BLOCK_I], dtype=tl.float64)
+        # first column block on or above the diagonal of I
+        j_diag = (i0 // BLOCK_J) * BLOCK_J
+
+        # Left of the diagonal: row sums only, in label block 0.
+        for j0 in range(0, tl.where(pid_b == 0, j_diag, 0), BLOCK_J):
+            dist, keep, rows_j, mask_j = _distances(
+                z_ptr, sq_ptr, rows_i, mask_i, off_i, sq_i, j0, N, d, stride_z,
+                BLOCK_I, BLOCK_J, BLOCK_D, DOT_PREC)
+            for l in range(n_lanes):
+                k = _kernel_values(dist, keep, gammas, l, l_count, SUM_BANK)
+                r_acc = _add_lane(r_acc, lanes, l, tl.sum(k, axis=1))
+
+        # On and right of the diagonal: row sums and the pairs i < j of Q (counted twice).
+        for j0 in range(j_diag, N, BLOCK_J):
+            dist, keep, rows_j, mask_j = _distances(
+                z_ptr, sq_ptr, rows_i, mask_i, off_i, sq_i, j0, N, d, stride_z,
+                BLOCK_I, BLOCK_J, BLOCK_D, DOT_PREC)
+            v_j = tl.load(v_ptr + rows_j.to(tl.int64)[:, None] * stride_v + cols_b[None, :],
+                          mask=mask_j[:, None] & mask_b[None, :], other=0).to(tl.float32)
+            upper = rows_i[:, None] < rows_j[None, :]
+            for l in range(n_lanes):
+                k = _kernel_values(dist, keep, gammas, l, l_count, SUM_BANK)
+                r_acc = _add_lane(r_acc, lanes, l, tl.sum(k, axis=1))
+                p = tl.dot(tl.where(upper, 2.0 * k, 0.0), v_j, input_precision=DOT_PREC)
+                q_acc = _add_lane(q_acc, lanes, l, tl.sum(p * v_i, axis=0))
+
+        out_r = rowsum_ptr + (l_lo + lanes).to(tl.int64)[:, None] * N + rows_i[None, :]
+        # row sums from label block 0 only (a scalar folded into the lane bound: the
+        # interpreter cannot broadcast a scalar mask)
+        r_lanes = tl.where(pid_b == 0, n_lanes, 0)
+        tl.store(out_r, r_acc, mask=(lanes < r_lanes)[:, None] & mask_i[None, :])
+
+    out_q = (q_part_ptr + pid_g.to(tl.int64) * num_out * B
+             + (l_lo + lanes).to(tl.int64)[:, None] * B + cols_b[None, :])
+    tl.store(out_q, q_acc, mask=(lanes < n_lanes)[:, None] & mask_b[None, :])
