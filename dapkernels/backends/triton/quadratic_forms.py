@@ -26,8 +26,7 @@ from . import quadratic_forms_kernels as K
 
 @dataclass(frozen=True)
 class QFConfig:
-    """A launch configuration of ``quadratic_forms_kernel``: tiles, warps, pipeline stages and
-    the most shared memory (bytes) it was measured to take on any target."""
+    """A launch configuration of ``quadratic_forms_kernel``: tiles, warps, pipeline stages."""
 
     BLOCK_I: int
     BLOCK_J: int
@@ -35,38 +34,47 @@ class QFConfig:
     BLOCK_D: int
     num_warps: int
     num_stages: int
-    shared_bytes: int
 
 
-#: ``quadratic_forms_kernels.QF_CONFIGS`` as objects, widest first.
-CONFIGS: tuple[QFConfig, ...] = tuple(QFConfig(*c) for c in K.QF_CONFIGS)
+#: ``quadratic_forms_kernels.QF_CONFIGS`` as ``{class: (min shared bytes, {DOT_PREC:
+#: QFConfig})}``.
+CONFIGS: dict[str, tuple[int, dict[str, QFConfig]]] = {
+    name: (limit, {prec: QFConfig(*c) for prec, c in per_prec.items()})
+    for name, (limit, per_prec) in K.QF_CONFIGS.items()
+}
 MAX_L_PAD = K.MAX_L_PAD.value
 #: programs per multiprocessor the grid aims at (the triangle makes row blocks unequal: several
 #: waves even out the load).
 PROGRAMS_PER_SM = 8
 
 
-def pick_config(shared_limit: int) -> QFConfig:
-    """The widest configuration whose shared memory fits ``shared_limit`` bytes per block (the
-    device's ``shared_memory_per_block_optin``); the smallest one if none does."""
-    for cfg in CONFIGS:
-        if cfg.shared_bytes <= shared_limit:
-            return cfg
-    return CONFIGS[-1]
+def config_class(shared_limit: int) -> str:
+    """The device class of an opt-in shared memory per block of ``shared_limit`` bytes: the
+    class with the largest minimum ≤ the limit ("227KB" for H100 / B200, "163KB" for A100,
+    "99KB" for the RTX / L4 / L40S parts), the smallest class below every minimum."""
+    fitting = [(limit, name) for name, (limit, _) in CONFIGS.items() if limit <= shared_limit]
+    if not fitting:
+        return min((limit, name) for name, (limit, _) in CONFIGS.items())[1]
+    return max(fitting)[1]
+
+
+def pick_config(shared_limit: int, precision: str = "ieee") -> QFConfig:
+    """The configuration for a device with ``shared_limit`` bytes of opt-in shared memory per
+    block (``torch.cuda.get_device_properties(dev).shared_memory_per_block_optin``) and the
+    tl.dot precision ``precision`` ("ieee" or "tf32")."""
+    return CONFIGS[config_class(shared_limit)][1][precision]
 
 
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def device_config(device: torch.device) -> QFConfig:
-    """``pick_config`` for ``device``'s opt-in shared memory per block (CPU tensors under the
-    interpreter: the ≈ 99 KB class)."""
+def shared_limit(device: torch.device) -> int:
+    """Opt-in shared memory per block of ``device`` (CPU tensors under the interpreter: the
+    ≈ 99 KB class)."""
     if device.type == "cuda":
-        limit = torch.cuda.get_device_properties(device).shared_memory_per_block_optin
-    else:
-        limit = 99 * 1024
-    return pick_config(limit)
+        return torch.cuda.get_device_properties(device).shared_memory_per_block_optin
+    return 99 * 1024
 
 
 def num_groups(row_blocks: int, other_programs: int, device: torch.device) -> int:
@@ -102,8 +110,8 @@ def _check(z: object, gammas: object, v: object, sum_bank: object) -> None:
             or gammas.dtype != torch.float64 or gammas.numel() < 1:
         raise ValueError(f"gammas must be a non-empty 1-D float64 tensor (L,), got "
                          f"{_describe(gammas)}")
-    if not bool(torch.isfinite(gammas).all()) or bool((gammas < 0).any()):
-        raise ValueError("gammas must be finite and ≥ 0")
+    if not bool(torch.isfinite(gammas).all()) or not bool((gammas > 0).all()):
+        raise ValueError("gammas must be finite and > 0")
     if not isinstance(v, torch.Tensor) or v.dim() != 2 or v.dtype != torch.int8:
         raise ValueError(f"v must be a 2-D int8 tensor (N, B), got {_describe(v)}")
     if v.shape[0] != z.shape[0]:
@@ -145,10 +153,11 @@ def quadratic_forms(
         z: (N, d) float32 on a CUDA device (CPU under ``TRITON_INTERPRET=1``).  The rows are
             centred (column mean subtracted) before the sweep, which leaves distances unchanged
             and keeps ``‖a‖² + ‖b‖² − 2 a·b`` (float32) from cancelling far from the origin.
-        gammas: (L,) float64, finite and ≥ 0 (rounded to float32 for the exponentials).
+        gammas: (L,) float64, finite and > 0 (rounded to float32 for the exponentials).
         v: (N, B) int8 with values in {−1, 0, 1}, on ``z``'s device.
         sum_bank: sum the bank into one kernel (L' = 1) or keep each kernel (L' = L).
-        config: a launch configuration (default: ``device_config(z.device)``).
+        config: a launch configuration (default: ``pick_config`` for the device and
+            ``dot_precision()``).
         groups: programs along the row axis (default: ``num_groups``).
 
     Returns:
@@ -161,7 +170,8 @@ def quadratic_forms(
     N, d = z.shape
     B = v.shape[1]
     L = gammas.numel()
-    cfg = config if config is not None else device_config(device)
+    prec = dot_precision()
+    cfg = config if config is not None else pick_config(shared_limit(device), prec)
     l_pad = 1 if sum_bank else min(MAX_L_PAD, triton.next_power_of_2(L))
     num_out = 1 if sum_bank else L
     chunks = 1 if sum_bank else triton.cdiv(L, l_pad)
@@ -183,7 +193,7 @@ def quadratic_forms(
             N, d, B, L, G,
             zc.stride(0), vc.stride(0),
             BLOCK_I=cfg.BLOCK_I, BLOCK_J=cfg.BLOCK_J, BLOCK_B=cfg.BLOCK_B,
-            BLOCK_D=cfg.BLOCK_D, L_PAD=l_pad, SUM_BANK=sum_bank, DOT_PREC=dot_precision(),
+            BLOCK_D=cfg.BLOCK_D, L_PAD=l_pad, SUM_BANK=sum_bank, DOT_PREC=prec,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
         return q_part.sum(0), rowsums, rowsums.sum(1)

@@ -20,8 +20,8 @@ Grid ``(G, cdiv(B, BLOCK_B), num_chunks)``.  Program (g, p, c) owns
   chunk).
 
 Per tile (I, J): ``D_IJ = ‖z_I‖² + ‖z_J‖² − 2 Z_I Z_Jᵀ`` (tl.dot over BLOCK_D-chunks of the
-columns, float32, clamped at 0), per kernel ``K = exp(−γ_l D)`` with the diagonal and the
-out-of-range rows / columns zeroed, ``rowsum_I += Σ_J K`` and ``P = (2 K ∘ [i < j]) V_J``
+columns, float32, clamped at 0; +inf on the diagonal and for rows ≥ N, so that K = 0 there
+with γ > 0), per kernel ``K = exp(−γ_l D)``, ``rowsum_I += Σ_J K`` and ``P = (2 K ∘ [i < j]) V_J``
 (BLOCK_I × BLOCK_B, a second tl.dot with V cast to float32), reduced against ``V_I`` over the rows
 into a BLOCK_B partial of Q.  Symmetry: ``K`` is symmetric, so ``Σ_{i≠j} = 2 Σ_{i<j}`` and only
 tiles with ``J ≥ I`` (from the column block holding the diagonal of I) enter Q.  The row sums
@@ -35,6 +35,9 @@ only; every row belongs to one row block, one program) and ``q_part[g, l, p-bloc
 atomics anywhere: the host sums ``q_part`` over g in float64 with torch.  For a given device
 (G depends on its number of multiprocessors) and configuration the result is bitwise
 reproducible.
+
+Precision: both GEMMs take ``DOT_PREC`` — "ieee" (full float32; FMA units) by default, "tf32"
+(tensor cores, 10-bit mantissa operands) when the host allows TF32.
 """
 
 from __future__ import annotations
@@ -42,18 +45,24 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-#: Launch configurations, widest first: (BLOCK_I, BLOCK_J, BLOCK_B, BLOCK_D, num_warps,
-#: num_stages, shared bytes).  The last field is the largest shared memory that configuration
-#: was measured to take (``benchmarks/results/aot_quadratic_forms.txt``: sm_80 / 86 / 89 / 90 /
-#: 100 / 120, both bank modes, IEEE and TF32) rounded up; ``quadratic_forms.pick_config``
-#: takes the first entry whose bound fits the device's opt-in shared memory per block
-#: (≈ 99 KB on RTX 30 / 40 / 50, A10, L4, L40S; 163 KB on A100; 227 KB on H100 / B200).
-#: Every entry compiles without register spills on every target.
-QF_CONFIGS = (
-    (128, 64, 128, 32, 8, 2, 200 * 1024),
-    (64, 64, 64, 32, 4, 2, 96 * 1024),
-    (32, 32, 32, 16, 4, 1, 48 * 1024),
-)
+#: Launch configurations per device class and tl.dot precision,
+#: ``{class: (min opt-in shared bytes per block, {DOT_PREC: (BLOCK_I, BLOCK_J, BLOCK_B,
+#: BLOCK_D, num_warps, num_stages)})}``; the class is read off the device's
+#: ``shared_memory_per_block_optin`` (``quadratic_forms.pick_config``).  Registers, not shared
+#: memory, bind here: every entry takes ≤ 48 KB of shared memory, while wider tiles (BLOCK_B =
+#: 128, BLOCK_I = 128, BLOCK_D = 64) or deeper pipelines spill on some target (two GEMMs, the
+#: distance tile, the labels of I and J and the float64 accumulators are live together; the
+#: IEEE GEMMs run on FMA units, which hold whole operand rows in registers).  Each entry compiles
+#: without spills, within the shared memory of its class, on each target of its class:
+#: ``benchmarks/results/aot_quadratic_forms.txt``.
+QF_CONFIGS = {
+    # ≈ 99 KB: sm_86, sm_89, sm_120 (RTX 30 / 40 / 50, A10, L4, L40S); also the fallback
+    "99KB": (99 * 1024, {"ieee": (64, 64, 32, 16, 8, 2), "tf32": (64, 64, 64, 32, 8, 2)}),
+    # 163 KB: sm_80 (A100, A30)
+    "163KB": (163 * 1024, {"ieee": (64, 64, 32, 16, 8, 2), "tf32": (64, 64, 64, 32, 8, 3)}),
+    # 227 KB: sm_90, sm_100 (H100 / H200, B200)
+    "227KB": (227 * 1024, {"ieee": (64, 64, 32, 16, 8, 1), "tf32": (64, 64, 64, 32, 8, 4)}),
+}
 #: kernels of the bank handled by one program in per-kernel mode (a power of two); a longer
 #: bank is split over the third grid axis.
 MAX_L_PAD: tl.constexpr = tl.constexpr(16)
@@ -61,10 +70,11 @@ MAX_L_PAD: tl.constexpr = tl.constexpr(16)
 
 @triton.jit
 def _distances(z_ptr, sq_ptr, rows_i, mask_i, off_i, sq_i, j0, N, d, stride_z,
-               BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PREC: tl.constexpr):
+               BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr,
+               DOT_PREC: tl.constexpr):
     """Tile ``D_IJ = max(‖z_i‖² + ‖z_j‖² − 2 z_i·z_j, 0)`` (BLOCK_I × BLOCK_J, float32) for the
-    column rows ``j0 … j0 + BLOCK_J − 1``, with the mask of the pairs that count
-    (``i ≠ j``, both rows < N) and the column rows themselves."""
+    column rows ``j0 … j0 + BLOCK_J − 1``, +inf on the diagonal and for rows ≥ N (``sq_i`` of
+    those rows is +inf too); with the column rows and their mask."""
     rows_j = j0 + tl.arange(0, BLOCK_J)
     mask_j = rows_j < N
     off_j = rows_j.to(tl.int64) * stride_z
@@ -77,23 +87,25 @@ def _distances(z_ptr, sq_ptr, rows_i, mask_i, off_i, sq_i, j0, N, d, stride_z,
         b = tl.load(z_ptr + off_j[:, None] + c0 + cols[None, :],
                     mask=mask_j[:, None] & cmask[None, :], other=0.0)
         dot = tl.dot(a, tl.trans(b), dot, input_precision=DOT_PREC)
-    sq_j = tl.load(sq_ptr + rows_j, mask=mask_j, other=0.0)
+    # Rows ≥ N have an infinite norm and the diagonal an infinite distance, so exp(−γ D) = 0
+    # there (γ > 0) without a 2-D mask kept alive next to the tile.
+    sq_j = tl.load(sq_ptr + rows_j, mask=mask_j, other=float("inf"))
     dist = tl.maximum(sq_i[:, None] + sq_j[None, :] - 2.0 * dot, 0.0)
-    keep = mask_i[:, None] & mask_j[None, :] & (rows_i[:, None] != rows_j[None, :])
-    return dist, keep, rows_j, mask_j
+    dist = tl.where(rows_i[:, None] == rows_j[None, :], float("inf"), dist)
+    return dist, rows_j, mask_j
 
 
 @triton.jit
-def _kernel_values(dist, keep, gamma_ptr, l, l_count, SUM_BANK: tl.constexpr):
+def _kernel_values(dist, gamma_ptr, l, l_count, SUM_BANK: tl.constexpr):
     """``K = Σ_l exp(−γ_l D)`` over the whole bank (SUM_BANK) or ``exp(−γ_l D)`` for kernel
-    ``l``; zero where ``keep`` is false."""
+    ``l`` (0 where D = +inf)."""
     if SUM_BANK:
         k = tl.zeros_like(dist)
         for q in range(l_count):
             k += tl.exp(-tl.load(gamma_ptr + q) * dist)
     else:
         k = tl.exp(-tl.load(gamma_ptr + l) * dist)
-    return tl.where(keep, k, 0.0)
+    return k
 
 
 @triton.jit
@@ -148,7 +160,7 @@ def quadratic_forms_kernel(
         rows_i = i0 + tl.arange(0, BLOCK_I)
         mask_i = rows_i < N
         off_i = rows_i.to(tl.int64) * stride_z
-        sq_i = tl.load(sq_ptr + rows_i, mask=mask_i, other=0.0)
+        sq_i = tl.load(sq_ptr + rows_i, mask=mask_i, other=float("inf"))
         v_i = tl.load(v_ptr + rows_i.to(tl.int64)[:, None] * stride_v + cols_b[None, :],
                       mask=mask_i[:, None] & mask_b[None, :], other=0).to(tl.float32)
         r_acc = tl.zeros([L_PAD, BLOCK_I], dtype=tl.float64)
@@ -157,23 +169,23 @@ def quadratic_forms_kernel(
 
         # Left of the diagonal: row sums only, in label block 0.
         for j0 in range(0, tl.where(pid_b == 0, j_diag, 0), BLOCK_J):
-            dist, keep, rows_j, mask_j = _distances(
+            dist, rows_j, mask_j = _distances(
                 z_ptr, sq_ptr, rows_i, mask_i, off_i, sq_i, j0, N, d, stride_z,
                 BLOCK_I, BLOCK_J, BLOCK_D, DOT_PREC)
             for l in range(n_lanes):
-                k = _kernel_values(dist, keep, gammas, l, l_count, SUM_BANK)
+                k = _kernel_values(dist, gammas, l, l_count, SUM_BANK)
                 r_acc = _add_lane(r_acc, lanes, l, tl.sum(k, axis=1))
 
         # On and right of the diagonal: row sums and the pairs i < j of Q (counted twice).
         for j0 in range(j_diag, N, BLOCK_J):
-            dist, keep, rows_j, mask_j = _distances(
+            dist, rows_j, mask_j = _distances(
                 z_ptr, sq_ptr, rows_i, mask_i, off_i, sq_i, j0, N, d, stride_z,
                 BLOCK_I, BLOCK_J, BLOCK_D, DOT_PREC)
             v_j = tl.load(v_ptr + rows_j.to(tl.int64)[:, None] * stride_v + cols_b[None, :],
                           mask=mask_j[:, None] & mask_b[None, :], other=0).to(tl.float32)
             upper = rows_i[:, None] < rows_j[None, :]
             for l in range(n_lanes):
-                k = _kernel_values(dist, keep, gammas, l, l_count, SUM_BANK)
+                k = _kernel_values(dist, gammas, l, l_count, SUM_BANK)
                 r_acc = _add_lane(r_acc, lanes, l, tl.sum(k, axis=1))
                 p = tl.dot(tl.where(upper, 2.0 * k, 0.0), v_j, input_precision=DOT_PREC)
                 q_acc = _add_lane(q_acc, lanes, l, tl.sum(p * v_i, axis=0))
