@@ -195,6 +195,8 @@ def test_config_selection():
             assert cfg == qf.QFConfig(*QF_CONFIGS[qf.config_class(limit)][1][prec])
     assert qf.pick_config(227 * 1024, "tf32").num_stages > qf.pick_config(99 * 1024,
                                                                           "tf32").num_stages
+    assert qf.pick_config(99 * 1024, "ieee").options()["maxnreg"] == 255
+    assert "maxnreg" not in qf.pick_config(99 * 1024, "tf32").options()
     # every target's class fits its shared memory (the compile test checks the measured bytes)
     for cc, limit in TARGET_SHARED.items():
         assert CONFIGS_MIN[qf.config_class(limit)] <= limit, cc
@@ -250,15 +252,17 @@ def _arch_supported(cc: int) -> bool:
 
 def compile_config(cc: int, cfg: tuple, prec: str, sum_bank: bool, aligned: bool) -> dict:
     """Compiles ``quadratic_forms_kernel`` with ``cfg`` (BLOCK_I, BLOCK_J, BLOCK_B, BLOCK_D,
-    warps, stages) for sm_``cc``; registers and spill bytes from the ptxas log (as
-    ``backends/triton/aot.py``), shared memory from the metadata."""
+    warps, stages, maxnreg) for sm_``cc`` with the launcher's options; registers and spill
+    bytes from the ptxas log (as ``backends/triton/aot.py``: ``CompiledKernel.n_spills`` needs
+    a loaded module, hence a GPU), shared memory from the metadata."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     from dapkernels.backends.triton import quadratic_forms_kernels as K
+    from dapkernels.backends.triton.quadratic_forms import QFConfig
 
-    bi, bj, bb, bd, warps, stages = cfg
+    bi, bj, bb, bd = cfg[:4]
     const = {"BLOCK_I": bi, "BLOCK_J": bj, "BLOCK_B": bb, "BLOCK_D": bd,
              "L_PAD": 1 if sum_bank else K.MAX_L_PAD.value, "SUM_BANK": sum_bank,
              "DOT_PREC": prec}
@@ -274,7 +278,7 @@ def compile_config(cc: int, cfg: tuple, prec: str, sum_bank: bool, aligned: bool
     try:
         with contextlib.redirect_stdout(log):
             kernel = triton.compile(src, target=GPUTarget("cuda", cc, 32),
-                                    options={"num_warps": warps, "num_stages": stages})
+                                    options=QFConfig(*cfg).options())
     except Exception as exc:
         return {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
     text = log.getvalue()
@@ -290,19 +294,25 @@ def compile_config(cc: int, cfg: tuple, prec: str, sum_bank: bool, aligned: bool
 
 
 def aot_jobs(full: bool) -> list[tuple]:
-    """``(cc, class, prec, sum_bank, aligned, cfg, selected)``: default, per target the
-    configurations its class selects, per-kernel mode, unaligned; full, every class on every
-    target, both modes, and the aligned specialisation of the selected ones."""
+    """``(cc, class, prec, sum_bank, aligned, cfg, selected)``.  Default: per target, the
+    configurations its class selects, per-kernel bank mode, unaligned sizes.  Full: per target
+    every distinct configuration of the table (labelled with the target's own class where it
+    is that class's, else the first class holding it), both bank modes, and the 16-aligned
+    specialisation of the selected ones."""
     from dapkernels.backends.triton.quadratic_forms import config_class
     from dapkernels.backends.triton.quadratic_forms_kernels import QF_CONFIGS
 
     jobs = []
     for cc, limit in TARGET_SHARED.items():
         own = config_class(limit)
-        for name, (_, per_prec) in QF_CONFIGS.items():
+        seen = set()
+        for name in [own] + [n for n in QF_CONFIGS if n != own]:
             if not full and name != own:
                 continue
-            for prec, cfg in per_prec.items():
+            for prec, cfg in QF_CONFIGS[name][1].items():
+                if (prec, cfg) in seen:
+                    continue
+                seen.add((prec, cfg))
                 for sum_bank in ((False, True) if full else (False,)):
                     for aligned in ((False, True) if full and name == own else (False,)):
                         jobs.append((cc, name, prec, sum_bank, aligned, cfg, name == own))
@@ -321,12 +331,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# python -m tests.test_triton_quadratic_forms{' --full' if args.full else ''}  "
           f"(triton {triton.__version__}, torch {torch.__version__}, bundled ptxas, no GPU)")
     print(f"{'sm':>3} {'regs':>4} {'spill':>5} {'smem':>6} {'limit':>6} {'mma':>8} sel  "
-          f"class  prec  SUM_BANK aligned  BLOCK_I,J,B,D warps stages")
+          f"class  prec  SUM_BANK aligned  BLOCK_I,J,B,D warps stages maxnreg")
     supported = {cc: _arch_supported(cc) for cc in TARGET_SHARED}
     bad = 0
     for cc, name, prec, sum_bank, aligned, cfg, selected in aot_jobs(args.full):
+        tiles = ",".join(str(c) for c in cfg[:4])
         tail = (f"{'yes' if selected else ' no'}  {name:>5}  {prec:>4}  {str(sum_bank):>8} "
-                f"{str(aligned):>7}  {cfg[0]},{cfg[1]},{cfg[2]},{cfg[3]} {cfg[4]} {cfg[5]}")
+                f"{str(aligned):>7}  {tiles} {cfg[4]} {cfg[5]} {cfg[6]}")
         if not supported[cc]:
             print(f"{cc:>3} {'SKIP':>4} {'-':>5} {'-':>6} {TARGET_SHARED[cc]:>6} {'-':>8} {tail}"
                   f"  (this triton does not compile for sm_{cc})")

@@ -34,6 +34,15 @@ class QFConfig:
     BLOCK_D: int
     num_warps: int
     num_stages: int
+    #: ptxas register bound (``.maxnreg``), None for ptxas's own choice
+    maxnreg: int | None = None
+
+    def options(self) -> dict[str, int]:
+        """Launch / compile options: warps, stages and, where set, maxnreg."""
+        opts = {"num_warps": self.num_warps, "num_stages": self.num_stages}
+        if self.maxnreg is not None:
+            opts["maxnreg"] = self.maxnreg
+        return opts
 
 
 #: ``quadratic_forms_kernels.QF_CONFIGS`` as ``{class: (min shared bytes, {DOT_PREC:
@@ -194,7 +203,7 @@ def quadratic_forms(
             zc.stride(0), vc.stride(0),
             BLOCK_I=cfg.BLOCK_I, BLOCK_J=cfg.BLOCK_J, BLOCK_B=cfg.BLOCK_B,
             BLOCK_D=cfg.BLOCK_D, L_PAD=l_pad, SUM_BANK=sum_bank, DOT_PREC=prec,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            **cfg.options(),
         )
         return q_part.sum(0), rowsums, rowsums.sum(1)
 

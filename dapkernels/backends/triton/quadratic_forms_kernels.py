@@ -47,21 +47,25 @@ import triton.language as tl
 
 #: Launch configurations per device class and tl.dot precision,
 #: ``{class: (min opt-in shared bytes per block, {DOT_PREC: (BLOCK_I, BLOCK_J, BLOCK_B,
-#: BLOCK_D, num_warps, num_stages)})}``; the class is read off the device's
-#: ``shared_memory_per_block_optin`` (``quadratic_forms.pick_config``).  Registers, not shared
-#: memory, bind here: every entry takes ≤ 48 KB of shared memory, while wider tiles (BLOCK_B =
-#: 128, BLOCK_I = 128, BLOCK_D = 64) or deeper pipelines spill on some target (two GEMMs, the
-#: distance tile, the labels of I and J and the float64 accumulators are live together; the
-#: IEEE GEMMs run on FMA units, which hold whole operand rows in registers).  Each entry compiles
-#: without spills, within the shared memory of its class, on each target of its class:
-#: ``benchmarks/results/aot_quadratic_forms.txt``.
+#: BLOCK_D, num_warps, num_stages, maxnreg)})}``; the class is read off the device's
+#: ``shared_memory_per_block_optin`` (``quadratic_forms.pick_config``), ``maxnreg`` None leaves
+#: ptxas its own register bound.  Registers, not shared memory, bind here: every entry takes
+#: ≤ 64 KB of shared memory, while wider tiles (BLOCK_B = 128, BLOCK_I = 128, BLOCK_D = 64) or
+#: deeper pipelines spill on some target (two GEMMs, the distance tile, the labels of I and J
+#: and the float64 accumulators are live together; the IEEE GEMMs run on FMA units, which hold
+#: whole operand rows in registers).  The IEEE entry needs ``maxnreg=255``: left alone, ptxas
+#: caps it at 128 registers on sm_80 / 86 / 89 (two blocks per SM) and spills; the TF32 entries
+#: spill with that bound on sm_80 and compile clean without it.  Each entry compiles without
+#: spills, within the shared memory of its class, on each target of its class, for both bank
+#: modes and with or without 16-aligned sizes: ``benchmarks/results/aot_quadratic_forms.txt``.
+IEEE = (64, 64, 32, 16, 8, 1, 255)
 QF_CONFIGS = {
     # ≈ 99 KB: sm_86, sm_89, sm_120 (RTX 30 / 40 / 50, A10, L4, L40S); also the fallback
-    "99KB": (99 * 1024, {"ieee": (64, 64, 32, 16, 8, 2), "tf32": (64, 64, 64, 32, 8, 2)}),
+    "99KB": (99 * 1024, {"ieee": IEEE, "tf32": (64, 64, 64, 32, 8, 2, None)}),
     # 163 KB: sm_80 (A100, A30)
-    "163KB": (163 * 1024, {"ieee": (64, 64, 32, 16, 8, 2), "tf32": (64, 64, 64, 32, 8, 3)}),
+    "163KB": (163 * 1024, {"ieee": IEEE, "tf32": (64, 64, 64, 32, 8, 3, None)}),
     # 227 KB: sm_90, sm_100 (H100 / H200, B200)
-    "227KB": (227 * 1024, {"ieee": (64, 64, 32, 16, 8, 1), "tf32": (64, 64, 64, 32, 8, 4)}),
+    "227KB": (227 * 1024, {"ieee": IEEE, "tf32": (64, 64, 64, 32, 8, 4, None)}),
 }
 #: kernels of the bank handled by one program in per-kernel mode (a power of two); a longer
 #: bank is split over the third grid axis.
