@@ -175,6 +175,7 @@ def quadratic_forms(
         ``dot_precision()``.
     """
     _check(z, gammas, v, sum_bank)
+    z, v = z.detach(), v.detach()
     device = z.device
     N, d = z.shape
     B = v.shape[1]
