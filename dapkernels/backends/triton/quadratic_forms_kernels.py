@@ -36,6 +36,11 @@ atomics anywhere: the host sums ``q_part`` over g in float64 with torch.  For a 
 (G depends on its number of multiprocessors) and configuration the result is bitwise
 reproducible.
 
+Cost: each label block recomputes the distance tiles, so the sweep does about
+``N²/2 · (d · cdiv(B, BLOCK_B) + B · L')`` multiply-adds (plus ``N² d / 2`` for the row sums
+left of the diagonal) and ``N²/2 · L · cdiv(B, BLOCK_B)`` exponentials; memory is the inputs
+plus the (G, L', B) partials.
+
 Precision: both GEMMs take ``DOT_PREC`` — "ieee" (full float32; FMA units) by default, "tf32"
 (tensor cores, 10-bit mantissa operands) when the host allows TF32.
 """
