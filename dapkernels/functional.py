@@ -12,7 +12,13 @@ from collections.abc import Sequence
 import torch
 
 from . import backends
-from ._validation import as_features, check_same_space, cpu_compute_view
+from ._validation import (
+    ESTIMATORS,
+    as_features,
+    check_estimator,
+    check_same_space,
+    cpu_compute_view,
+)
 from .kernels import GaussianKernels
 from .ops.coral import fused_coral, log_coral
 from .ops.grl import grad_reverse
@@ -21,26 +27,7 @@ from .ops.mmd import estimator_weights as _estimator_weights
 
 __all__ = ["mmd", "jmmd", "coral", "grad_reverse"]
 
-ESTIMATORS = ("biased", "unbiased", "linear")
 _DEFAULT_KERNELS = GaussianKernels()
-
-
-def _check_estimator(estimator: str, n: int, m: int) -> None:
-    if estimator not in ESTIMATORS:
-        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
-    if estimator == "unbiased" and min(n, m) < 2:
-        raise ValueError(
-            f"the unbiased estimator needs at least 2 samples per domain, got source batch {n} "
-            f"and target batch {m}"
-        )
-    if estimator == "linear":
-        if n != m:
-            raise ValueError(
-                f"the linear estimator pairs samples and needs equal batches, got source batch "
-                f"{n} and target batch {m}"
-            )
-        if n < 2:
-            raise ValueError(f"the linear estimator needs a batch of at least 2, got {n}")
 
 
 def _out_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -118,7 +105,7 @@ def _fused_plan(kernels: tuple, estimator: str, n: int, m: int) -> tuple:
     training loop asks for the same plan every step, and building it costs a noticeable share
     of a small batch's whole forward + backward.
     """
-    _check_estimator(estimator, n, m)
+    check_estimator(estimator, n, m)
     k0 = 1.0
     for k in kernels:
         k0 *= k.num_kernels
@@ -132,9 +119,9 @@ def _joint_mmd(srcs, tgts, kernels, estimator, backend) -> torch.Tensor:
     """Estimator on validated (batch, d_l) layers: the linear one in torch, the others fused."""
     n, m = srcs[0].shape[0], tgts[0].shape[0]
     if estimator not in ESTIMATORS:  # before the cache, which cannot hash e.g. a list
-        _check_estimator(estimator, n, m)
+        check_estimator(estimator, n, m)
     if estimator == "linear":
-        _check_estimator(estimator, n, m)
+        check_estimator(estimator, n, m)
         factors = [k.sigma2_factors for k in kernels]
         relative = [k.relative for k in kernels]
         return linear_mmd(srcs, tgts, factors, relative)
@@ -142,7 +129,7 @@ def _joint_mmd(srcs, tgts, kernels, estimator, backend) -> torch.Tensor:
     out_dtype = _out_dtype(srcs[0].dtype)
     if torch.compiler.is_compiling():
         # no weights from (possibly symbolic) batch sizes in the graph: the op forms them
-        _check_estimator(estimator, n, m)
+        check_estimator(estimator, n, m)
         return compiled_mmd(srcs, tgts, [k.sigma2_factors for k in kernels],
                             [k.relative for k in kernels], estimator, name, out_dtype)
     factors, relative, weights, const = _fused_plan(tuple(kernels), estimator, n, m)

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 import dapkernels as dk
 from dapkernels.backends import cpu_coral, reference
-from dapkernels.train.baselines import naive_coral
+from dapkernels.baselines import naive_coral
 
 
 def oracle(xs: torch.Tensor, xt: torch.Tensor) -> torch.Tensor:

@@ -47,7 +47,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.parametrize("route", ["one program", "split columns"])
 def test_coral_sweep_matches_reference(monkeypatch, ns, nt, d, offset, need_grad, route):
     if route == "split columns":  # the path of d > SMALL_MAX_D, on the same shapes
-        monkeypatch.setattr(TCORAL, "SMALL_MAX_D", 0)
+        monkeypatch.setattr(TCORAL, "CORAL_SMALL_MAX_D", 0)
     xs, xt = _draw(ns, nt, d, offset, ns + d)
     xs, xt = xs.float(), xt.float()
     value, grads = TRITON.coral_sweep(xs.to(DEVICE), xt.to(DEVICE), need_grad, "gram")
@@ -67,7 +67,7 @@ def test_coral_sweep_matches_reference(monkeypatch, ns, nt, d, offset, need_grad
 @pytest.mark.parametrize("route", ["one program", "split columns"])
 def test_other_dtypes(monkeypatch, dtype, route):
     if route == "split columns":
-        monkeypatch.setattr(TCORAL, "SMALL_MAX_D", 0)
+        monkeypatch.setattr(TCORAL, "CORAL_SMALL_MAX_D", 0)
     xs, xt = _draw(12, 20, 130, 0.2, 7)
     xs, xt = xs.to(dtype), xt.to(dtype)
     value, (gs, gt) = TRITON.coral_sweep(xs.to(DEVICE), xt.to(DEVICE), True, "gram")

@@ -5,7 +5,7 @@ float32, ``n`` rows per domain and ``d`` features, three implementations on the 
 one process, timed in interleaved rounds (see :mod:`dapkernels.bench.common`):
 
 * ``ours``: :func:`dapkernels.coral` (one C++ call, Gram or d×d path by cost);
-* ``naive``: :func:`dapkernels.train.baselines.naive_coral`, two d×d covariances + autograd;
+* ``naive``: :func:`dapkernels.baselines.naive_coral`, two d×d covariances + autograd;
 * ``gram-torch``: the Gram formula of ``reference.coral_formula`` in plain torch, with
   autograd.
 
@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 
 from .. import backends
+from ..baselines import naive_coral
 from ..functional import coral
-from ..train.baselines import naive_coral
 from .common import (
     Case,
     GiB,

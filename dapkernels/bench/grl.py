@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..baselines import naive_grad_reverse
 from ..functional import grad_reverse
 from ..losses import WarmStartGradientReversal
-from ..train.baselines import naive_grad_reverse
 from .common import (
     Case,
     format_seconds,

@@ -4,7 +4,7 @@ Two kinds of cases, all forward + backward (``torch.autograd.grad`` of the loss 
 batches), float32, unbiased estimator, default bank (``GaussianKernels()``: α = 2^-3 … 2^1):
 
 * **Comparison** at ``n = m = b`` per domain and feature size ``d``: ours (:func:`dapkernels.mmd`)
-  vs the naive baselines of :mod:`dapkernels.train.baselines` — (a) ``tll``
+  vs the naive baselines of :mod:`dapkernels.baselines` — (a) ``tll``
   (Transfer-Learning-Library pattern), (b) ``deepda`` (DeepDA pattern), (c) ``torch`` (plain
   torch with GEMM distances) — on the same inputs, in one process, timed in interleaved
   rounds.  A baseline whose estimated memory exceeds the budget is skipped and the table says
@@ -35,9 +35,9 @@ from pathlib import Path
 import torch
 
 from .. import backends
+from ..baselines import naive_mmd
 from ..functional import mmd
 from ..kernels import GaussianKernels
-from ..train.baselines import naive_mmd
 from .common import (
     Case,
     GiB,
