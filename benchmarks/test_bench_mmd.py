@@ -18,8 +18,8 @@ import pytest
 import torch
 
 import dapkernels as dk
-from dapkernels.bench.mmd import IMPLS, estimate_bytes
 from dapkernels.baselines import naive_mmd
+from dapkernels.bench.mmd import IMPLS, estimate_bytes
 
 SIZES = [(32, 256), (128, 256), (512, 256), (32, 2048), (128, 2048)]
 KERNELS = dk.GaussianKernels()

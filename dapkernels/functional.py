@@ -20,10 +20,9 @@ from ._validation import (
     cpu_compute_view,
 )
 from .kernels import GaussianKernels
-from .ops.coral import fused_coral, log_coral
-from .ops.grl import grad_reverse
-from .ops.mmd import compiled_mmd, fused_mmd, linear_mmd
-from .ops.mmd import estimator_weights as _estimator_weights
+from .ops.coral import coral_fused, coral_log
+from .ops.grl import Coeff, grl_fused
+from .ops.mmd import mmd_estimator_weights, mmd_fused, mmd_fused_compiled, mmd_linear
 
 __all__ = ["mmd", "jmmd", "coral", "grad_reverse"]
 
@@ -109,7 +108,7 @@ def _fused_plan(kernels: tuple, estimator: str, n: int, m: int) -> tuple:
     k0 = 1.0
     for k in kernels:
         k0 *= k.num_kernels
-    weights, const = _estimator_weights(estimator, n, m, k0)
+    weights, const = mmd_estimator_weights(estimator, n, m, k0)
     factors = tuple(k.sigma2_factors for k in kernels)
     relative = tuple(k.relative for k in kernels)
     return factors, relative, weights, const
@@ -124,16 +123,16 @@ def _joint_mmd(srcs, tgts, kernels, estimator, backend) -> torch.Tensor:
         check_estimator(estimator, n, m)
         factors = [k.sigma2_factors for k in kernels]
         relative = [k.relative for k in kernels]
-        return linear_mmd(srcs, tgts, factors, relative)
+        return mmd_linear(srcs, tgts, factors, relative)
     name = backends.resolve(backend, srcs[0].device)
     out_dtype = _out_dtype(srcs[0].dtype)
     if torch.compiler.is_compiling():
         # no weights from (possibly symbolic) batch sizes in the graph: the op forms them
         check_estimator(estimator, n, m)
-        return compiled_mmd(srcs, tgts, [k.sigma2_factors for k in kernels],
+        return mmd_fused_compiled(srcs, tgts, [k.sigma2_factors for k in kernels],
                             [k.relative for k in kernels], estimator, name, out_dtype)
     factors, relative, weights, const = _fused_plan(tuple(kernels), estimator, n, m)
-    return fused_mmd(srcs, tgts, factors, relative, weights, const, name, out_dtype)
+    return mmd_fused(srcs, tgts, factors, relative, weights, const, name, out_dtype)
 
 
 def mmd(
@@ -229,7 +228,31 @@ def coral(
     if log:
         if not eps > 0:
             raise ValueError(f"eps must be positive, got {eps}")
-        return log_coral(s, t, float(eps), _out_dtype(s.dtype))
+        return coral_log(s, t, float(eps), _out_dtype(s.dtype))
     name = backends.resolve(backend, s.device)
-    return fused_coral(s, t, name, _out_dtype(s.dtype))
+    return coral_fused(s, t, name, _out_dtype(s.dtype))
 
+
+def grad_reverse(x: torch.Tensor, coeff: Coeff = 1.0) -> torch.Tensor:
+    """Gradient reversal of DANN: ``y = x`` (a view, no copy) with ``∂L/∂x = −coeff · ∂L/∂y``.
+
+    Args:
+        x: any tensor.
+        coeff: Python float or 0-dim tensor (same device as ``x`` or CPU).  A tensor is a graph
+            input under ``torch.compile`` (changing it does not recompile); it never receives a
+            gradient.  A negative ``coeff`` scales the gradient by ``|coeff|`` without
+            reversing it.
+
+    Returns:
+        A view of ``x`` with the same shape.  In-place ops on it raise (clone it first).
+    """
+    if isinstance(coeff, torch.Tensor):
+        if coeff.dim() != 0:
+            raise ValueError(
+                f"coeff must be a float or a 0-dim tensor, got shape {tuple(coeff.shape)}"
+            )
+    elif isinstance(coeff, bool) or not isinstance(coeff, (int, float)):
+        raise TypeError(f"coeff must be a float or a 0-dim tensor, got {type(coeff).__name__}")
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    return grl_fused(x, coeff)

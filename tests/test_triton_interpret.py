@@ -136,7 +136,7 @@ class _Spy:
         (80, "highest", 64, 40, True, "mmd_flash_kernel"),
         (80, "high", 90, 100, True, "mmd_flash_kernel"),
         (80, "high", 90, 200, True, "mmd_flash_kernel"),
-        (90, "highest", 90, 200, True, "mmd_wide_kernel"),  # no 3xTF32 flash with gradient at DP 256
+        (90, "highest", 90, 200, True, "mmd_wide_kernel"),  # no 3xTF32 flash, gradient, DP 256
         (80, "high", 90, 300, True, "mmd_wide_kernel"),  # d > 256
         (90, "high", 300, 1000, True, "mmd_wide_kernel"),  # several row blocks and column splits
         (90, "highest", 90, 100, False, "mmd_flash_kernel"),
@@ -250,8 +250,8 @@ def test_small_batch_loss_is_one_launch_and_no_other_device_op(monkeypatch):
     t = torch.randn(32, 256, device=DEVICE) + 0.3
     weights = UNBIASED(32, 32)
     TRITON.mmd_loss([s], [t], [ALPHAS], [True], weights, 0.0, torch.float32, True)  # plan cache
-    names = ["mmd_small_kernel", "mmd_flash_kernel", "mmd_prep_kernel", "mmd_sweep_kernel", "mmd_wide_kernel",
-             "mmd_finish_kernel"]
+    names = ["mmd_small_kernel", "mmd_flash_kernel", "mmd_prep_kernel", "mmd_sweep_kernel",
+             "mmd_wide_kernel", "mmd_finish_kernel"]
     with record_launches(monkeypatch, mmd_kernels, names) as record:
         value, (grad,) = TRITON.mmd_loss([s], [t], [ALPHAS], [True], weights, 0.0,
                                          torch.float32, True)

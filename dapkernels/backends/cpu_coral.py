@@ -17,15 +17,9 @@ _FLOAT32_MAX = torch.finfo(torch.float32).max
 def coral_sweep(
     xs: torch.Tensor, xt: torch.Tensor, need_grad: bool, path: str = "auto"
 ) -> tuple:
-    """Same contract as :func:`dapkernels.backends.reference.coral_sweep`."""
-    value, grads = coral_sweep_float(xs, xt, need_grad, path)
-    return torch.tensor(value, dtype=torch.float64), grads
-
-
-def coral_sweep_float(
-    xs: torch.Tensor, xt: torch.Tensor, need_grad: bool, path: str = "auto"
-) -> tuple:
-    """:func:`coral_sweep` with the value as a Python float (one tensor fewer per call).
+    """:func:`dapkernels.backends.reference.coral_sweep` with the value as a Python float (one
+    tensor fewer per call; the CPU backend's form of the contract, docs/design.md §Backend
+    contract).
 
     ``path="auto"`` picks the Gram path when ``n_s + n_t < d`` (cost ~1.5 N²d and N² memory),
     else the d×d covariance path (~1.5 N d²); both are exact.  Inputs: CPU, float32 or float64,

@@ -60,7 +60,8 @@ FLASH_MAX_D = 256
 class SweepConfig:
     """One launch configuration of a sweep kernel (tile sizes, warps, pipeline stages).
 
-    ``BD`` is the d-chunk of ``mmd_sweep_kernel`` (unused by ``mmd_flash_kernel``, which takes all d).
+    ``BD`` is the d-chunk of ``mmd_sweep_kernel`` (unused by ``mmd_flash_kernel``, which takes
+    all d).
     """
 
     B_M: int

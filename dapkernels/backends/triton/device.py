@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from ..._torch_private import alert_not_deterministic
 from .configs import COMPUTE_DTYPE
 
 __all__ = ["target", "multiprocessors", "dot_precision", "deterministic", "alert_atomic",
@@ -65,12 +66,7 @@ def alert_atomic(route: str, programs: int) -> None:
     ``warn_only=True``), as torch does for its own nondeterministic kernels.  A single program
     adds each value once onto zeros, which is exact, so it runs."""
     if programs > 1 and deterministic():
-        # torch._C._alert_not_deterministic where this torch has it (older releases), else
-        # its Python twin (same RuntimeError / warning); torch 2.13 has only the latter
-        alert = getattr(torch._C, "_alert_not_deterministic", None)
-        if alert is None:
-            from torch._prims_common import alert_not_deterministic as alert
-        alert(route)
+        alert_not_deterministic(route)
 
 
 def unit_cols(x: torch.Tensor) -> torch.Tensor:

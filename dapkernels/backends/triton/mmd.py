@@ -14,7 +14,8 @@ as a device tensor.  Per call, one of:
 * one layer, d ≤ 256 where the device's table has a flash configuration (see
   ``FLASH_CONFIGS``): one memset, ``mmd_prep_kernel``, ``mmd_flash_kernel``;
 * other single layers with the gradient (d > 256, or no flash configuration): two memsets,
-  ``mmd_prep_kernel``, ``mmd_wide_kernel`` (every distance tile once, over all d), ``mmd_finish_kernel``;
+  ``mmd_prep_kernel``, ``mmd_wide_kernel`` (every distance tile once, over all d),
+  ``mmd_finish_kernel``;
 * otherwise (JMMD, or no gradient): one memset, ``mmd_prep_kernel`` per layer, ``mmd_sweep_kernel``.
 
 All but the first concatenate each layer's source and target blocks on the device first (one
@@ -124,7 +125,8 @@ def _flash(z: torch.Tensor, n: int, factors: tuple, rel: bool, weights: Sequence
 
 def _wide(z: torch.Tensor, n: int, factors: tuple, rel: bool, weights: Sequence[float],
           cfg: SweepConfig, prec: str) -> tuple:
-    """``mmd_prep_kernel``, ``mmd_wide_kernel`` with ``cfg``, ``mmd_finish_kernel`` (one layer, gradient)."""
+    """``mmd_prep_kernel``, ``mmd_wide_kernel`` with ``cfg``, ``mmd_finish_kernel`` (one layer,
+    with the gradient)."""
     N, d = z.shape
     device, cdt = z.device, COMPUTE_DTYPE[z.dtype]
     dpad = triton.cdiv(d, max(cfg.BD, WIDE_DG)) * max(cfg.BD, WIDE_DG)

@@ -10,8 +10,8 @@ Three sweep kernels, picked by the host (``mmd.py``) per call:
   program keeps its B_M rows ``Y_I`` (all d columns) in registers and streams column blocks
   ``Y_J`` once each: ``D = ‖y_I‖² + ‖y_J‖² − 2 Y_I Y_Jᵀ`` and ``acc += C_IJ Y_J`` reuse the same
   loaded ``Y_J`` tile, and the loop body has no inner loop, so Triton pipelines the loads.
-* ``mmd_wide_kernel`` (one layer with the gradient, d > 256) after ``mmd_prep_kernel``: each distance
-  tile once over all d, ``C′ Y_J`` added to a float32 accumulator in DG-column chunks;
+* ``mmd_wide_kernel`` (one layer with the gradient, d > 256) after ``mmd_prep_kernel``: each
+  distance tile once over all d, ``C′ Y_J`` added to a float32 accumulator in DG-column chunks;
   ``mmd_finish_kernel`` then forms the gradient.
 * ``mmd_sweep_kernel`` (JMMD, or no gradient) after ``mmd_prep_kernel``: the general form below.
 
