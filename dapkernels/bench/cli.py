@@ -11,7 +11,7 @@ Common options: ``--device cpu|cuda``, ``--out DIR``, ``--quick`` (a few small s
 for CI, tests and the demo), ``--time-budget S`` (seconds of repeats per measurement),
 ``--mem-budget-gib G`` (skip cases estimated above it), ``--isolate/--no-isolate`` (one
 subprocess per case; default on for full CPU runs), ``--silent`` (no progress lines).
-Measurement rules are documented in :mod:`dapkernels.bench.common`.
+Measurement rules are documented in :mod:`dapkernels.bench.runner` and the modules it uses.
 """
 
 from __future__ import annotations

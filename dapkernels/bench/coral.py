@@ -2,7 +2,7 @@
 
 Every case is forward + backward (``torch.autograd.grad`` of the loss w.r.t. both batches),
 float32, ``n`` rows per domain and ``d`` features, three implementations on the same inputs in
-one process, timed in interleaved rounds (see :mod:`dapkernels.bench.common`):
+one process, timed in interleaved rounds (see :mod:`dapkernels.bench.runner`):
 
 * ``ours``: :func:`dapkernels.coral` (one C++ call, Gram or d×d path by cost);
 * ``naive``: :func:`dapkernels.baselines.naive_coral`, two d×d covariances + autograd;
@@ -27,29 +27,18 @@ import torch
 from .. import backends
 from ..baselines import naive_coral
 from ..functional import coral
-from .common import (
-    Case,
-    GiB,
-    MiB,
-    available_memory_bytes,
-    format_bytes,
-    format_seconds,
-    format_table,
-    machine_info,
-    machine_summary,
-    run_cases,
-    write_bar_chart,
-    write_json,
-)
+from .machine import machine_info, machine_summary
+from .memory import GiB, available_memory_bytes
+from .plots import write_bar_chart
+from .report import format_bytes, format_seconds, format_table, write_json
+from .runner import Case, run_cases
 
-__all__ = ["IMPLS", "FULL_CASES", "BARS", "gram_torch_coral", "make_case", "add_arguments", "run"]
+__all__ = ["IMPLS", "FULL_CASES", "gram_torch_coral", "make_case", "add_arguments", "run"]
 
 IMPLS = ("ours", "naive", "gram-torch")
-#: (rows per domain, d) of a full run; the first three carry the bars of issue 3.
+#: (rows per domain, d) of a full run.
 FULL_CASES = ((32, 256), (32, 2048), (64, 8192), (128, 512), (256, 64))
 QUICK_CASES = ((32, 256), (16, 512))
-#: (rows per domain, d) → (minimum speed-up over naive, maximum peak growth of ours or None).
-BARS = {(32, 2048): (40.0, None), (32, 256): (4.0, None), (64, 8192): (250.0, 32 * MiB)}
 
 
 def gram_torch_coral(f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
@@ -67,7 +56,7 @@ _LOSSES = {"ours": coral, "naive": naive_coral, "gram-torch": gram_torch_coral}
 
 
 def make_case(device: torch.device, n: int, d: int, impls: Sequence[str], seed: int = 0) -> dict:
-    """Factory of :class:`~dapkernels.bench.common.Case`: ``{impl: fwd+bwd step}``."""
+    """Factory of :class:`~dapkernels.bench.runner.Case`: ``{impl: fwd+bwd step}``."""
     g = torch.Generator().manual_seed(seed)
     f_s = torch.randn(n, d, generator=g).to(device).requires_grad_()
     f_t = (1.5 * torch.randn(n, d, generator=g) + 0.3).to(device).requires_grad_()
@@ -106,24 +95,6 @@ def _summarize(results: Sequence[dict]) -> list:
     return rows
 
 
-def _bars(rows: Sequence[dict]) -> list:
-    out = []
-    for row in rows:
-        bar = BARS.get((row["n"], row["d"]))
-        if bar is None or row["status"] != "ok" or "speedup_vs_naive" not in row:
-            continue
-        need, mem = bar
-        entry = {"case": row["case"], "need_speedup": need, "speedup": row["speedup_vs_naive"],
-                 "speedup_from_min": row["speedup_vs_naive_min"],
-                 "met": row["speedup_vs_naive"] >= need}
-        if mem is not None:
-            entry["need_peak_bytes_at_most"] = mem
-            entry["peak_bytes"] = row["ours_peak_bytes"]
-            entry["met"] = entry["met"] and row["ours_peak_bytes"] <= mem
-        out.append(entry)
-    return out
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``bench coral`` (the common ones are added by :mod:`dapkernels.bench.cli`)."""
     parser.add_argument("--cases", nargs="+", metavar="N:D",
@@ -160,7 +131,6 @@ def run(args: argparse.Namespace) -> int:
     if hasattr(os, "getloadavg"):
         machine["load_average_end"] = list(os.getloadavg())
     rows = _summarize(results)
-    bars = _bars(rows)
     columns = [("case", "case")]
     for impl in impls:
         columns.append((f"{impl} (median)", f"{impl}_median_s"))
@@ -183,14 +153,6 @@ def run(args: argparse.Namespace) -> int:
                 cells[key] = "-" if v is None else str(v)
         table.append(cells)
     print(format_table(table, columns))
-    for bar in bars:
-        mem = ""
-        if "peak_bytes" in bar:
-            mem = (f", peak +{format_bytes(bar['peak_bytes'])} "
-                   f"(<= {format_bytes(bar['need_peak_bytes_at_most'])})")
-        print(f"bar {bar['case']}: {bar['speedup']:.1f}x (min-based {bar['speedup_from_min']:.1f}x)"
-              f" vs naive, need >= {bar['need_speedup']:g}x{mem}: "
-              f"{'met' if bar['met'] else 'NOT met'}")
     out = Path(args.out if args.out is not None else f"bench-results/coral_{device.type}")
     payload = {
         "benchmark": "coral", "machine": machine,
@@ -198,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
                    "ours_backend": backends.resolve(None, device), "quick": bool(args.quick),
                    "isolate": isolate, "time_budget_s": budget,
                    "cases": [list(c) for c in sizes]},
-        "summary": rows, "bars": bars, "results": results,
+        "summary": rows, "results": results,
     }
     json_path = write_json(out / "coral.json", payload)
     ok_rows = [r for r in rows if r["status"] == "ok"]

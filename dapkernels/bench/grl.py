@@ -26,28 +26,21 @@ from torch import nn
 from ..baselines import naive_grad_reverse
 from ..functional import grad_reverse
 from ..losses import WarmStartGradientReversal
-from .common import (
-    Case,
-    format_seconds,
-    format_table,
-    machine_info,
-    machine_summary,
-    run_cases,
-    write_bar_chart,
-    write_json,
-)
+from .machine import machine_info, machine_summary
+from .plots import write_bar_chart
+from .report import format_seconds, format_table, write_json
+from .runner import Case, run_cases
 
-__all__ = ["LAYERS", "FULL_CASES", "BAR_OVERHEAD", "make_case", "add_arguments", "run"]
+__all__ = ["LAYERS", "FULL_CASES", "make_case", "add_arguments", "run"]
 
 LAYERS = ("identity", "ours", "ours-warmstart", "naive")
-#: (batch, d, hidden): the first is the bar (ResNet-50 features into a DANN discriminator).
+#: (batch, d, hidden): ResNet-50 features into a DANN discriminator, then a small layer.
 FULL_CASES = ((64, 2048, 1024), (32, 256, 256))
 QUICK_CASES = ((16, 64, 64),)
-BAR_OVERHEAD = 0.05
 
 
 def make_case(device: torch.device, batch: int, d: int, hidden: int, seed: int = 0) -> dict:
-    """Factory of :class:`~dapkernels.bench.common.Case`: ``{layer: MLP step}``."""
+    """Factory of :class:`~dapkernels.bench.runner.Case`: ``{layer: MLP step}``."""
     torch.manual_seed(seed)
     mlp = nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
                         nn.Linear(hidden, 1)).to(device)
@@ -98,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     results = run_cases(cases, device, isolate=isolate, progress=progress)
     if hasattr(os, "getloadavg"):
         machine["load_average_end"] = list(os.getloadavg())
-    rows, bars = [], []
+    rows = []
     for res in results:
         row = {"case": res["group"], "status": res["status"], **res["params"]}
         if res["status"] == "ok":
@@ -109,11 +102,6 @@ def run(args: argparse.Namespace) -> int:
                 row[f"{name}_min_s"] = t[name]["min_s"]
                 row[f"{name}_overhead"] = t[name]["median_s"] / base - 1.0
                 row[f"{name}_overhead_min"] = t[name]["min_s"] / base_min - 1.0
-            if (row["batch"], row["d"], row["hidden"]) == FULL_CASES[0]:
-                bars.append({"case": row["case"], "need_overhead_at_most": BAR_OVERHEAD,
-                             "overhead": row["ours_overhead"],
-                             "overhead_from_min": row["ours_overhead_min"],
-                             "met": row["ours_overhead"] <= BAR_OVERHEAD})
         else:
             row["reason"] = res.get("reason", "")
         rows.append(row)
@@ -129,16 +117,12 @@ def run(args: argparse.Namespace) -> int:
         columns += [(name, sec(f"{name}_median_s")), (f"{name} ovh", pct(f"{name}_overhead")),
                     (f"{name} ovh (min)", pct(f"{name}_overhead_min"))]
     print(format_table(rows, columns))
-    for bar in bars:
-        print(f"bar {bar['case']}: GRL overhead {100 * bar['overhead']:+.1f}% (min-based "
-              f"{100 * bar['overhead_from_min']:+.1f}%), need <= {100 * BAR_OVERHEAD:g}%: "
-              f"{'met' if bar['met'] else 'NOT met'}")
     out = Path(args.out if args.out is not None else f"bench-results/grl_{device.type}")
     payload = {"benchmark": "grl", "machine": machine,
                "config": {"device": str(device), "dtype": "float32", "quick": bool(args.quick),
                           "isolate": isolate, "time_budget_s": budget,
                           "cases": [list(c) for c in sizes]},
-               "summary": rows, "bars": bars, "results": results}
+               "summary": rows, "results": results}
     json_path = write_json(out / "grl.json", payload)
     ok_rows = [r for r in rows if r["status"] == "ok"]
     panels = [{"title": "MLP step (forward+backward) with each layer, float32 (median)",

@@ -19,7 +19,7 @@ batches), float32, unbiased estimator, default bank (``GaussianKernels()``: α =
   other into the same buffer, and the reference is the total time of all blocks.
 
 Peak memory is the growth during one steady-state call beyond the inputs (see
-:mod:`dapkernels.bench.common`); it includes the returned gradients (``grad_bytes`` = N·d·4 is
+:mod:`dapkernels.bench.runner`); it includes the returned gradients (``grad_bytes`` = N·d·4 is
 reported next to it).
 """
 
@@ -38,21 +38,11 @@ from .. import backends
 from ..baselines import naive_mmd
 from ..functional import mmd
 from ..kernels import GaussianKernels
-from .common import (
-    Case,
-    GiB,
-    MiB,
-    available_memory_bytes,
-    format_bytes,
-    format_seconds,
-    format_table,
-    machine_info,
-    machine_summary,
-    run_cases,
-    skipped_result,
-    write_bar_chart,
-    write_json,
-)
+from .machine import machine_info, machine_summary
+from .memory import GiB, MiB, available_memory_bytes
+from .plots import write_bar_chart
+from .report import format_bytes, format_seconds, format_table, write_json
+from .runner import Case, run_cases, skipped_result
 
 __all__ = [
     "IMPLS",
@@ -65,7 +55,6 @@ __all__ = [
     "estimate_bytes",
     "build_cases",
     "summarize",
-    "evaluate_bars",
     "report",
     "quick_mmd_comparison",
     "add_arguments",
@@ -184,7 +173,7 @@ def build_cases(
     the others become ``"skipped"`` entries.  Then one reference case per ``(N, d)``.
 
     Returns:
-        ``(cases, skipped)``: a list of :class:`~dapkernels.bench.common.Case` and a list of
+        ``(cases, skipped)``: a list of :class:`~dapkernels.bench.runner.Case` and a list of
         result dicts.
     """
     if mem_budget_bytes is None:
@@ -269,56 +258,6 @@ def summarize(results: Sequence[dict]) -> dict:
     return {"comparison": rows, "gemm_ref": ref}
 
 
-def evaluate_bars(summary: dict, device_type: str = "cpu") -> list:
-    """The performance bars this run measured: issue 2 on CPU, issue 4 on CUDA.
-
-    Returns:
-        ``[{"bar", "value", "value_min", "met"}]``: ``value`` from medians (what ``met``
-        judges), ``value_min`` from minima where it applies, ``met`` None when not measured.
-    """
-    comp = {(r["b"], r["d"]): r for r in summary["comparison"]}
-    ref = {(r["N"], r["d"]): r for r in summary["gemm_ref"]}
-    bars = []
-
-    def add(name: str, value: float | None, met: bool | None, value_min: float | None = None
-            ) -> None:
-        bars.append({"bar": name, "value": value, "value_min": value_min, "met": met})
-
-    def speedup(b: int, impl: str, need: float) -> None:
-        row = comp.get((b, 256))
-        if row is not None:
-            v = row.get(f"speedup_{impl}")
-            add(f"b={b}+{b} d=256: ours >= {need:g}x faster than {IMPL_LABELS[impl]}", v,
-                None if v is None else v >= need, row.get(f"speedup_min_{impl}"))
-
-    def ref_ratio(n_total: int, need: float) -> dict | None:
-        row = ref.get((n_total, 256))
-        if row is not None:
-            v = row["ratio"]
-            add(f"N={n_total} d=256: ours <= {need:g}x GEMM reference time", v,
-                None if v is None else v <= need, row["ratio_min"])
-        return row
-
-    speedup(32, "tll", 10.0)
-    if device_type == "cuda":
-        ref_ratio(65536, 1.0)
-        return bars
-    speedup(32, "torch", 5.0)
-    speedup(512, "torch", 3.0)
-    speedup(2048, "torch", 5.0)
-    row = ref_ratio(16384, 0.9)
-    if row is not None:
-        mem = row["peak_mem_bytes"]
-        extra = None if mem is None else mem - row["grad_bytes"]
-        add("N=16384 d=256: peak growth beyond gradient <= 64 MiB",
-            None if extra is None else extra / MiB, None if extra is None else extra <= 64 * MiB)
-    row = ref.get((65536, 64))
-    if row is not None:
-        done = {"ok": True, "failed": False}.get(row["status"])  # skipped: not measured
-        add("N=65536 d=64 completes", row["ours_s"], done)
-    return bars
-
-
 def _speedup_cell(row: dict, impl: str) -> str:
     v, v_min = row.get(f"speedup_{impl}"), row.get(f"speedup_min_{impl}")
     if v is not None:
@@ -327,8 +266,8 @@ def _speedup_cell(row: dict, impl: str) -> str:
     return "skipped" if note.startswith("skipped") else ("failed" if note else "-")
 
 
-def report(summary: dict, bars: Sequence[dict]) -> str:
-    """The printed report: comparison table, GEMM reference table, skip notes, bars."""
+def report(summary: dict) -> str:
+    """The printed report: comparison table, GEMM reference table, skip notes."""
     cols: list = [("b/domain", "b"), ("d", "d")]
     for impl in IMPLS:
         cols.append((f"{IMPL_LABELS[impl]} time",
@@ -358,14 +297,6 @@ def report(summary: dict, bars: Sequence[dict]) -> str:
         ]
         parts += ["", "Ours vs the GEMM reference time (same Z, same process)",
                   format_table(summary["gemm_ref"], fcols)]
-    if bars:
-        parts += ["", "Bars"]
-        for bar in bars:
-            mark = {True: "MET", False: "NOT MET", None: "n/a"}[bar["met"]]
-            value = "-" if bar["value"] is None else f"{bar['value']:.3g}"
-            if bar["value_min"] is not None:
-                value += f"; from minima {bar['value_min']:.3g}"
-            parts.append(f"  [{mark}] {bar['bar']} (measured {value})")
     return "\n".join(parts)
 
 
@@ -463,8 +394,7 @@ def run(args: argparse.Namespace) -> int:
     if hasattr(os, "getloadavg"):
         machine["load_average_end"] = list(os.getloadavg())
     summary = summarize(results)
-    bars = evaluate_bars(summary, device.type)
-    print(report(summary, bars))
+    print(report(summary))
     out = Path(args.out if args.out is not None else f"bench-results/mmd_{device.type}")
     payload = {
         "benchmark": "mmd",
@@ -475,7 +405,6 @@ def run(args: argparse.Namespace) -> int:
                    "isolate": isolate, "time_budget_s": budget, "sizes": list(sizes),
                    "dims": list(dims), "ref_cases": [list(c) for c in ref_cases]},
         "summary": summary,
-        "bars": bars,
         "results": results,
     }
     json_path = write_json(out / "mmd.json", _finite(payload))
