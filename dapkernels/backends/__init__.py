@@ -21,6 +21,8 @@ from types import ModuleType
 
 import torch
 
+__all__ = ["BACKENDS", "resolve", "available", "get"]
+
 BACKENDS = ("reference", "cpu", "triton")
 _warned: set = set()
 _loaded: dict = {}

@@ -10,6 +10,8 @@ import torch
 
 from .. import _C
 
+__all__ = ["coral_sweep", "PATHS"]
+
 PATHS = {"auto": 0, "gram": 1, "cov": 2}
 _FLOAT32_MAX = torch.finfo(torch.float32).max
 

@@ -15,6 +15,11 @@ import torch
 
 from .._validation import check_finite
 
+__all__ = [
+    "mmd_sweep", "mmd_grad_formula", "coral_sweep", "coral_formula", "coral_grad_formula",
+    "mean_sq_distance", "gammas", "pairwise_sq_distances", "pair_weight_matrix",
+]
+
 
 def mean_sq_distance(z: torch.Tensor) -> torch.Tensor:
     """Mean over all N² ordered pairs of ‖z_i − z_j‖², in float64, without an N×N matrix.

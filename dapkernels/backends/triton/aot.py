@@ -24,6 +24,9 @@ import torch
 
 from . import configs as C
 
+__all__ = ["Job", "SHARED_LIMIT", "shipped_jobs", "subset_jobs", "compile_job", "run", "failed",
+           "main"]
+
 #: Triton pointer element type of each torch dtype.
 _TRITON_TYPES = {
     torch.float32: "fp32", torch.float64: "fp64", torch.float16: "fp16", torch.bfloat16: "bf16",

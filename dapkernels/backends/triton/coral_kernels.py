@@ -28,6 +28,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+__all__ = ["coral_gram_kernel", "coral_small_kernel", "coral_grad_kernel"]
+
 
 @triton.jit
 def _centred_chunk(xs_ptr, xt_ptr, ns, nt, c0, d, stride_s, stride_t,

@@ -34,6 +34,10 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+__all__ = ["mmd_prep_kernel", "mmd_small_kernel", "mmd_flash_kernel", "mmd_sweep_kernel",
+           "mmd_wide_kernel", "mmd_finish_kernel", "LAYER_FIELDS", "GROUP_FIELDS", "MAX_LAYERS",
+           "MAX_SQUARINGS"]
+
 #: ints per layer in the layer table.  Fields: packed column offset, padded width, true width,
 #: offset of the layer's statistics (Σ y, then Σ‖y‖²) in the float64 stats buffer, offset of
 #: its bank in the float32 bank table, number of kernels Q, relative-bandwidth flag,
