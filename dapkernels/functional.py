@@ -1,7 +1,8 @@
 """Functional entry points, in the style of ``torch.nn.functional``.
 
 Shapes: features are (batch, features…) tensors, flattened to (batch, d).  ``n`` source rows,
-``m`` target rows, ``N = n + m``.
+``m`` target rows, ``N = n + m``.  The maths of each op and its gradient: docs/design.md §MMD,
+§CORAL, §Gradient reversal; this layer validates, picks the backend and calls ``ops``.
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
 """The CORAL op: one backend call gives the Deep CORAL value and its gradient.
 
+Both paths and their gradients: docs/design.md §CORAL.
+
 ``L = ‖C_s − C_t‖_F² / (4d²)``, ``C = X̃ᵀX̃/(n − 1)``.  The backend computes ∂L/∂X_s and
 ∂L/∂X_t in the same call as L (formulas: ``backends.reference.coral_formula``); backward only
 multiplies them by ``grad_output``.

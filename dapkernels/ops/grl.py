@@ -1,4 +1,5 @@
-"""Gradient reversal: identity forward, ``−coeff · grad`` backward (DANN).
+"""Gradient reversal: identity forward, ``−coeff · grad`` backward (DANN; docs/design.md
+§Gradient reversal).
 
 The forward returns ``x.view_as(x)``: no data is copied.  Because the output is a view made
 inside a custom Function, autograd refuses in-place ops on it; clone it first if a following

@@ -1,5 +1,7 @@
 """The fused MMD / JMMD op: one sweep over the concatenated batch gives the loss and its gradient.
 
+Formulas and the bandwidth convention: docs/design.md §MMD; names: §Layers and naming.
+
 ``L = w_ss S_ss + 2 w_st S_st + w_tt S_tt + c`` where ``S_ab`` are the block sums of the
 (joint) kernel; the backend computes the unscaled gradient ∂L/∂Z in the same sweep and the
 backward pass only multiplies it by ``grad_output``.
