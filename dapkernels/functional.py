@@ -209,13 +209,10 @@ def coral(
         f_t: (n_t, …) target features, n_t ≥ 2; same d, dtype and device.
         log: log-Euclidean variant.
         eps: eigenvalue floor of the log variant.
-        backend: force ``"reference"``, ``"cpu"`` or ``"triton"`` (default: by device, or the
-            ``DAPKERNELS_BACKEND`` environment variable).
+        backend: as in :func:`mmd`.
 
     Returns:
-        0-dim tensor (float32 for half-precision inputs, else the input dtype).  float16 /
-        bfloat16 CPU inputs (``torch.autocast("cpu")``) are computed in float32; their
-        gradient comes back in their own dtype.
+        0-dim tensor, of the dtype :func:`mmd` returns for the same inputs.
     """
     s = as_features(f_s, "f_s")
     t = as_features(f_t, "f_t")

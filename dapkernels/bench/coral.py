@@ -17,8 +17,6 @@ inputs, gradients included.
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,11 +25,10 @@ import torch
 from .. import backends
 from ..baselines import naive_coral
 from ..functional import coral
-from .machine import machine_info, machine_summary
-from .memory import GiB, available_memory_bytes
+from .options import parse_cases, run_options
 from .plots import write_bar_chart
 from .report import format_bytes, format_seconds, format_table, write_json
-from .runner import Case, run_cases
+from .runner import Case, run_benchmark
 
 __all__ = ["IMPLS", "FULL_CASES", "gram_torch_coral", "make_case", "add_arguments", "run"]
 
@@ -106,30 +103,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Runs ``bench coral``: prints a table, writes ``coral.json`` and ``coral.png``."""
-    device = torch.device(args.device)
-    if args.cases:
-        sizes = [tuple(int(v) for v in c.split(":")) for c in args.cases]
-    else:
-        sizes = list(QUICK_CASES if args.quick else FULL_CASES)
+    opts = run_options(args)
+    device, budget = opts.device, opts.time_budget_s
+    sizes = parse_cases(args.cases, args.quick, QUICK_CASES, FULL_CASES)
     impls = ["ours"] + [i for i in IMPLS if i in args.impls and i != "ours"]
-    budget = args.time_budget if args.time_budget is not None else (0.3 if args.quick else 2.0)
-    mem_budget = (int(args.mem_budget_gib * GiB) if args.mem_budget_gib is not None
-                  else available_memory_bytes(device) // 2)
     cases = [
         Case(group=f"b={n}+{n} d={d}", name="ours", factory="dapkernels.bench.coral:make_case",
              params={"n": n, "d": d, "impls": impls}, est_bytes=_estimate_bytes(n, d, impls),
              warmup=2 if d < 4096 else 1, min_repeats=3, time_budget_s=budget)
         for n, d in sizes
     ]
-    isolate = args.isolate if args.isolate is not None else (device.type == "cpu"
-                                                             and not args.quick)
-    progress = None if args.silent else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    machine = machine_info(device)
-    print(machine_summary(machine))
-    results = run_cases(cases, device, isolate=isolate, mem_budget_bytes=mem_budget,
-                        progress=progress)
-    if hasattr(os, "getloadavg"):
-        machine["load_average_end"] = list(os.getloadavg())
+    results, machine = run_benchmark(cases, opts)
     rows = _summarize(results)
     columns = [("case", "case")]
     for impl in impls:
@@ -158,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
         "benchmark": "coral", "machine": machine,
         "config": {"device": str(device), "dtype": "float32", "impls": impls,
                    "ours_backend": backends.resolve(None, device), "quick": bool(args.quick),
-                   "isolate": isolate, "time_budget_s": budget,
+                   "isolate": opts.isolate, "time_budget_s": budget,
                    "cases": [list(c) for c in sizes]},
         "summary": rows, "results": results,
     }

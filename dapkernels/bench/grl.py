@@ -16,8 +16,6 @@ Overhead = time / identity time − 1, from medians (and minima).
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 from pathlib import Path
 
 import torch
@@ -26,10 +24,10 @@ from torch import nn
 from ..baselines import naive_grad_reverse
 from ..functional import grad_reverse
 from ..losses import WarmStartGradientReversal
-from .machine import machine_info, machine_summary
+from .options import parse_cases, run_options
 from .plots import write_bar_chart
 from .report import format_seconds, format_table, write_json
-from .runner import Case, run_cases
+from .runner import Case, run_benchmark
 
 __all__ = ["LAYERS", "FULL_CASES", "make_case", "add_arguments", "run"]
 
@@ -71,26 +69,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Runs ``bench grl``: prints a table, writes ``grl.json`` and ``grl.png``."""
-    device = torch.device(args.device)
-    if args.cases:
-        sizes = [tuple(int(v) for v in c.split(":")) for c in args.cases]
-    else:
-        sizes = list(QUICK_CASES if args.quick else FULL_CASES)
-    budget = args.time_budget if args.time_budget is not None else (0.3 if args.quick else 3.0)
+    opts = run_options(args, full_time_budget_s=3.0)
+    device, budget = opts.device, opts.time_budget_s
+    sizes = parse_cases(args.cases, args.quick, QUICK_CASES, FULL_CASES)
     cases = [
         Case(group=f"b={b} d={d} h={h}", name="identity", factory="dapkernels.bench.grl:make_case",
              params={"batch": b, "d": d, "hidden": h}, est_bytes=4 * (d * h + h * h) * 4,
              warmup=5, min_repeats=20, time_budget_s=budget)
         for b, d, h in sizes
     ]
-    isolate = args.isolate if args.isolate is not None else (device.type == "cpu"
-                                                             and not args.quick)
-    progress = None if args.silent else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    machine = machine_info(device)
-    print(machine_summary(machine))
-    results = run_cases(cases, device, isolate=isolate, progress=progress)
-    if hasattr(os, "getloadavg"):
-        machine["load_average_end"] = list(os.getloadavg())
+    results, machine = run_benchmark(cases, opts)
     rows = []
     for res in results:
         row = {"case": res["group"], "status": res["status"], **res["params"]}
@@ -120,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out if args.out is not None else f"bench-results/grl_{device.type}")
     payload = {"benchmark": "grl", "machine": machine,
                "config": {"device": str(device), "dtype": "float32", "quick": bool(args.quick),
-                          "isolate": isolate, "time_budget_s": budget,
+                          "isolate": opts.isolate, "time_budget_s": budget,
                           "cases": [list(c) for c in sizes]},
                "summary": rows, "results": results}
     json_path = write_json(out / "grl.json", payload)

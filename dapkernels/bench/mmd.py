@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -38,11 +36,11 @@ from .. import backends
 from ..baselines import naive_mmd
 from ..functional import mmd
 from ..kernels import GaussianKernels
-from .machine import machine_info, machine_summary
 from .memory import GiB, MiB, available_memory_bytes
+from .options import run_options
 from .plots import write_bar_chart
 from .report import format_bytes, format_seconds, format_table, write_json
-from .runner import Case, run_cases, skipped_result
+from .runner import Case, run_benchmark, run_cases, skipped_result
 
 __all__ = [
     "IMPLS",
@@ -364,7 +362,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Runs ``bench mmd`` from parsed arguments: prints the report, writes JSON and PNG."""
-    device = torch.device(args.device)
+    opts = run_options(args)
+    device = opts.device
     sizes = args.sizes or (QUICK_SIZES if args.quick else FULL_SIZES)
     dims = args.dims or (QUICK_DIMS if args.quick else FULL_DIMS)
     if args.ref_cases is None:
@@ -375,24 +374,11 @@ def run(args: argparse.Namespace) -> int:
     impls = [i for i in IMPLS if i in args.impls]
     if "ours" not in impls:
         impls.insert(0, "ours")
-    budget = args.time_budget if args.time_budget is not None else (0.3 if args.quick else 2.0)
-    if args.mem_budget_gib is not None:
-        mem_budget = int(args.mem_budget_gib * GiB)
-    else:
-        mem_budget = available_memory_bytes(device) // 2
-    cases, skipped = build_cases(device, sizes, dims, ref_cases, impls, time_budget_s=budget,
-                                 mem_budget_bytes=mem_budget)
-    progress = None if args.silent else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    machine = machine_info(device)
-    print(machine_summary(machine))
-    isolate = args.isolate
-    if isolate is None:  # quick runs stay in process (seconds); full CPU runs isolate each case
-        isolate = device.type == "cpu" and not args.quick
-    results = run_cases(cases, device, isolate=isolate, mem_budget_bytes=mem_budget,
-                        progress=progress)
+    cases, skipped = build_cases(device, sizes, dims, ref_cases, impls,
+                                 time_budget_s=opts.time_budget_s,
+                                 mem_budget_bytes=opts.mem_budget_bytes)
+    results, machine = run_benchmark(cases, opts)
     results = skipped + results
-    if hasattr(os, "getloadavg"):
-        machine["load_average_end"] = list(os.getloadavg())
     summary = summarize(results)
     print(report(summary))
     out = Path(args.out if args.out is not None else f"bench-results/mmd_{device.type}")
@@ -402,7 +388,8 @@ def run(args: argparse.Namespace) -> int:
         "config": {"device": str(device), "dtype": "float32", "estimator": _ESTIMATOR,
                    "kernels": {"alphas": list(GaussianKernels().alphas)},
                    "ours_backend": backends.resolve(None, device), "quick": bool(args.quick),
-                   "isolate": isolate, "time_budget_s": budget, "sizes": list(sizes),
+                   "isolate": opts.isolate, "time_budget_s": opts.time_budget_s,
+                   "sizes": list(sizes),
                    "dims": list(dims), "ref_cases": [list(c) for c in ref_cases]},
         "summary": summary,
         "results": results,

@@ -15,18 +15,21 @@ reason.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from .machine import machine_info, machine_summary
 from .measure import measure_request
 from .memory import available_memory_bytes
+from .options import RunOptions
 from .report import format_bytes, format_seconds
 from .subprocess_protocol import run_in_subprocess
 
-__all__ = ["Case", "run_case", "run_cases", "skipped_result"]
+__all__ = ["Case", "run_case", "run_cases", "run_benchmark", "skipped_result"]
 
 
 @dataclass
@@ -138,3 +141,19 @@ def run_cases(
                 progress(f"[{case.group}] {case.name}: {res['status']} ({res['reason']})")
         results.append(res)
     return results
+
+
+def run_benchmark(cases: Sequence[Case], opts: RunOptions) -> tuple[list, dict]:
+    """What every ``dapkernels bench <name>`` does around its cases: prints the machine line,
+    measures ``cases`` with the run's options and records the load average at the end.
+
+    Returns:
+        ``(results, machine)``: :func:`run_cases`'s results and :func:`machine_info`'s dict.
+    """
+    machine = machine_info(opts.device)
+    print(machine_summary(machine))
+    results = run_cases(cases, opts.device, isolate=opts.isolate,
+                        mem_budget_bytes=opts.mem_budget_bytes, progress=opts.progress)
+    if hasattr(os, "getloadavg"):
+        machine["load_average_end"] = list(os.getloadavg())
+    return results, machine

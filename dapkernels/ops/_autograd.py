@@ -15,7 +15,13 @@ import torch
 
 from .._torch_private import functorch_active, unwrap_if_dead
 
-__all__ = ["scale_grad", "direct_apply"]
+__all__ = ["mul_grad", "scale_grad", "direct_apply"]
+
+
+def mul_grad(grad: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
+    """``grad_out · grad`` as a new tensor (the custom ops' backward: no aliasing of a saved
+    output)."""
+    return grad_out.to(grad.dtype) * grad
 
 
 def scale_grad(grad: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,7 @@ from torch.autograd.function import once_differentiable
 from .. import backends
 from .._validation import check_finite
 from ..backends import reference
-from ._autograd import direct_apply, scale_grad
+from ._autograd import direct_apply, mul_grad, scale_grad
 
 __all__ = ["coral_fused", "coral_fused_op", "coral_fused_backward", "coral_path", "coral_log"]
 
@@ -51,15 +51,11 @@ def _coral_forward(xs: torch.Tensor, xt: torch.Tensor, need_grad: bool, backend:
     return value.to(device=xs.device, dtype=out_dtype), grads
 
 
-def _mul(grad: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
-    return grad_out.to(grad.dtype) * grad
-
-
 def coral_fused_backward(
     saved: Sequence[torch.Tensor],
     grad_out: torch.Tensor,
     needs: Sequence[bool],
-    scale: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = _mul,
+    scale: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = mul_grad,
 ) -> tuple:
     """The backward of the CORAL op: the eager Function and the custom op both call it.
 

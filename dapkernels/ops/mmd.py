@@ -25,7 +25,7 @@ import torch
 from .. import backends
 from .._validation import check_finite
 from ..backends.reference import mean_sq_distance, mmd_grad_formula
-from ._autograd import direct_apply, scale_grad
+from ._autograd import direct_apply, mul_grad, scale_grad
 
 __all__ = ["mmd_fused", "mmd_fused_compiled", "mmd_fused_op", "mmd_fused_backward",
            "mmd_estimator_weights", "mmd_linear"]
@@ -65,17 +65,13 @@ def _mmd_forward(sources, targets, factors, relative, weights, const, need_grad,
     return _value(sums, weights, const, dtype), grads
 
 
-def _mul(grad: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
-    return grad_out.to(grad.dtype) * grad
-
-
 def mmd_fused_backward(
     saved: Sequence[torch.Tensor],
     n: int,
     bank: tuple,
     grad_out: torch.Tensor,
     needs: Sequence[bool],
-    scale: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = _mul,
+    scale: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = mul_grad,
 ) -> tuple[list, list]:
     """The backward of the fused op: the eager Function and the custom op both call it.
 
