@@ -46,7 +46,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.parametrize("need_grad", [True, False])
 @pytest.mark.parametrize("route", ["one program", "split columns"])
 def test_coral_sweep_matches_reference(monkeypatch, ns, nt, d, offset, need_grad, route):
-    if route == "split columns":  # the path of d > SMALL_MAX_D, on the same shapes
+    if route == "split columns":  # the path of d > CORAL_SMALL_MAX_D, on the same shapes
         monkeypatch.setattr(TCORAL, "CORAL_SMALL_MAX_D", 0)
     xs, xt = _draw(ns, nt, d, offset, ns + d)
     xs, xt = xs.float(), xt.float()
@@ -102,7 +102,7 @@ def test_unknown_path_is_an_error():
 
 
 @pytest.mark.parametrize("out_dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("d", [300, 2049])  # one program; past SMALL_MAX_D
+@pytest.mark.parametrize("d", [300, 2049])  # one program; past CORAL_SMALL_MAX_D
 def test_coral_loss_in_the_requested_dtype(d, out_dtype):
     """``coral_loss``: the value in ``out_dtype`` on either route; strided inputs read in place."""
     xs, xt = _draw(20, 25, d + 3, 2.0, d)

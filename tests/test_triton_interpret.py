@@ -132,7 +132,7 @@ class _Spy:
     "target,precision,rows,d,need_grad,kernel",
     [
         (90, "highest", 64, 100, True, "mmd_small_kernel"),
-        (80, "highest", 64, 100, True, "mmd_wide_kernel"),  # NO_SMALL, no 3xTF32 flash at DP 128
+        (80, "highest", 64, 100, True, "mmd_wide_kernel"),  # MMD_NO_SMALL; no 3xTF32 flash, DP 128
         (80, "highest", 64, 40, True, "mmd_flash_kernel"),
         (80, "high", 90, 100, True, "mmd_flash_kernel"),
         (80, "high", 90, 200, True, "mmd_flash_kernel"),

@@ -10,7 +10,7 @@ as a device tensor.  Per call, one of:
 
 * one layer, N ≤ 64: one ``mmd_small_kernel`` launch that reads the source and target rows in
   place (no copy, no memset) and, for ``mmd_loss``, writes the value, except where
-  ``NO_SMALL`` says it spills;
+  ``configs.MMD_NO_SMALL`` says it spills;
 * one layer, d ≤ 256 where the device's table has a flash configuration (see
   ``FLASH_CONFIGS``): one memset, ``mmd_prep_kernel``, ``mmd_flash_kernel``;
 * other single layers with the gradient (d > 256, or no flash configuration): two memsets,

@@ -1,4 +1,6 @@
-"""Triton kernels of the fused MMD / JMMD sweep (formulas: ``reference.mmd_sweep``).
+"""Triton kernels of the fused MMD / JMMD sweep (formulas: docs/design.md §MMD).
+
+Launch configurations: ``configs.py``; routes: docs/design.md §Routes.
 
 Three sweep kernels, picked by the host (``mmd.py``) per call:
 
