@@ -59,10 +59,10 @@ from .configs import (
 from .device import alert_atomic, deterministic, dot_precision, multiprocessors, target, unit_cols
 from .mmd_caches import bank_table, coef_table, layer_tables, small_plan, squaring
 
-__all__ = ["mmd_sweep", "mmd_loss", "wide_splits"]
+__all__ = ["mmd_sweep", "mmd_loss"]
 
 
-def wide_splits(N: int, device: torch.device, cfg: SweepConfig) -> int:
+def _wide_splits(N: int, device: torch.device, cfg: SweepConfig) -> int:
     """Column ranges per row block of ``mmd_wide_kernel``, in whole B_N tiles: enough programs for
     two per multiprocessor when the row blocks alone are fewer."""
     row_blocks, col_tiles = triton.cdiv(N, cfg.B_M), triton.cdiv(N, cfg.B_N)
@@ -137,7 +137,7 @@ def _wide(z: torch.Tensor, n: int, factors: tuple, rel: bool, weights: Sequence[
     # the float32 accumulator of C'Y and the row sums of C', zeroed together
     acc_rowsum = torch.zeros(N * dpad + N, dtype=torch.float32, device=device)
     acc, rowsum = acc_rowsum[:N * dpad].view(N, dpad), acc_rowsum[N * dpad:]
-    splits = wide_splits(N, device, cfg)
+    splits = _wide_splits(N, device, cfg)
     cols_per_split = triton.cdiv(triton.cdiv(N, cfg.B_N), splits) * cfg.B_N
     bank = bank_table(factors, device)
     alert_atomic("dapkernels.mmd (triton wide route: gradient accumulator and block sums by "
