@@ -7,7 +7,7 @@ Not part of the CI test command (``pyproject`` sets ``testpaths = ["tests"]``). 
 
 Cases: unbiased estimator, default bank, float32 on CPU, batch ``b`` per domain and ``d``
 features, for ours (:func:`dapkernels.mmd`) and the baselines of
-:mod:`dapkernels.train.baselines` — ``tll`` (a), ``deepda`` (b), ``torch`` (c).  A baseline
+:mod:`dapkernels.baselines` — ``tll`` (a), ``deepda`` (b), ``torch`` (c).  A baseline
 whose estimated memory exceeds 4 GiB is skipped.  The full comparison with memory, the GEMM
 GEMM reference time, JSON and a plot is ``dapkernels bench mmd`` (see :mod:`dapkernels.bench.mmd`).
 """
@@ -18,8 +18,8 @@ import pytest
 import torch
 
 import dapkernels as dk
+from dapkernels.baselines import naive_mmd
 from dapkernels.bench.mmd import IMPLS, estimate_bytes
-from dapkernels.train.baselines import naive_mmd
 
 SIZES = [(32, 256), (128, 256), (512, 256), (32, 2048), (128, 2048)]
 KERNELS = dk.GaussianKernels()

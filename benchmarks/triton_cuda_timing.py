@@ -10,9 +10,9 @@
   ``2 · t(Z Zᵀ)`` (torch.mm on the same Z, same precision): TF32
   (``set_float32_matmul_precision("high")``, our tl.dot in TF32), float32 ("highest": cuBLAS
   SGEMM vs our 3×TF32) and float16.  With
-  ``--variants`` every candidate ``flash_kernel`` launch configuration is timed as well (they
+  ``--variants`` every candidate ``mmd_flash_kernel`` launch configuration is timed as well (they
   override the device's ``mmd.FLASH_CONFIGS`` table for d = 256 in this process; the
-  shipped entry may be absent, i.e. the call takes ``sweep_kernel``).
+  shipped entry may be absent, i.e. the call takes ``mmd_sweep_kernel``).
 Times are medians of CUDA-event-timed calls after warm-up.
 """
 
@@ -25,8 +25,9 @@ import time
 import torch
 
 import dapkernels as dk
-from dapkernels.backends.triton import mmd as tmmd
-from dapkernels.train.baselines import naive_coral, naive_mmd
+from dapkernels.backends.triton import configs as tconfigs
+from dapkernels.backends.triton import device as tdevice
+from dapkernels.baselines import naive_coral, naive_mmd
 
 
 def median_ms(fn, repeats: int, warmup: int = 3) -> float:
@@ -89,7 +90,7 @@ def small_cases(res: dict) -> None:
     print(res["coral_32+32_d2048_fwd_bwd_ms"], flush=True)
 
 
-#: candidate flash_kernel launch configurations (B_M, B_N, num_warps, num_stages).
+#: candidate mmd_flash_kernel launch configurations (B_M, B_N, num_warps, num_stages).
 CANDIDATES = [(64, 32, 4, 2), (64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (64, 64, 8, 2),
               (128, 32, 8, 2)]
 
@@ -105,13 +106,13 @@ def large_cases(res: dict, variants: bool) -> None:
         row = {"mm": mm, "ref_2mm": 2 * mm}
         half = dtype != torch.float32
         x3 = prec == "highest" and not half
-        table = tmmd.FLASH_CONFIGS[tmmd.target(z.device)]
+        table = tconfigs.FLASH_CONFIGS[tdevice.target(z.device)]
         shipped = {g: table.get((g, half, x3, 256)) for g in (True, False)}
         for cand in CANDIDATES if variants else [None]:
             if cand is not None:
                 bm, bn, w, st = cand
                 for g in (True, False):
-                    table[(g, half, x3, 256)] = tmmd.SweepConfig(bm, bn, 256, w, st)
+                    table[(g, half, x3, 256)] = tconfigs.SweepConfig(bm, bn, 256, w, st)
             name = "shipped" if cand is None else "x".join(map(str, cand))
             try:
                 fb = median_ms(fwd_bwd(dk.mmd, zs, zt), 3, 1)

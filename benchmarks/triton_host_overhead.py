@@ -66,8 +66,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15)
     args = parser.parse_args()
-    for name in ("small_kernel", "flash_kernel", "prep_kernel", "sweep_kernel", "wide_kernel",
-                 "finish_kernel"):
+    for name in ("mmd_small_kernel", "mmd_flash_kernel", "mmd_prep_kernel", "mmd_sweep_kernel",
+                 "mmd_wide_kernel", "mmd_finish_kernel"):
         setattr(mmd_kernels, name, _NoLaunch())
     torch.manual_seed(0)
     s = torch.randn(32, 256, requires_grad=True)

@@ -7,6 +7,7 @@ Public API (README "Use"): ``GaussianKernels``, ``mmd`` / ``MMDLoss``, ``jmmd`` 
 """
 
 from . import metrics
+from ._version import __version__
 from .adversarial import DomainAdversarialLoss, DomainDiscriminator
 from .covariance import RunningCovariance
 from .functional import coral, grad_reverse, jmmd, mmd
@@ -18,8 +19,6 @@ from .losses import (
     MMDLoss,
     WarmStartGradientReversal,
 )
-
-__version__ = "0.1.0"
 
 __all__ = [
     "GaussianKernels",

@@ -9,6 +9,8 @@ import torch
 _CPU_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _GPU_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _HALF = (torch.float16, torch.bfloat16)
+#: MMD estimators accepted by ``dapkernels.mmd`` / ``jmmd`` and their modules.
+ESTIMATORS = ("biased", "unbiased", "linear")
 
 
 def as_features(x: object, name: str) -> torch.Tensor:
@@ -67,3 +69,23 @@ def check_all_same_device(tensors: Sequence[torch.Tensor], names: Sequence[str])
     for t, nm in zip(tensors[1:], names[1:]):
         if t.device != first.device:
             raise ValueError(f"{nm} is on {t.device} but {names[0]} is on {first.device}")
+
+
+def check_estimator(estimator: str, n: int, m: int) -> None:
+    """Rejects an unknown MMD estimator name, or batch sizes it cannot use (n source rows, m
+    target rows): ``"unbiased"`` needs n, m ≥ 2; ``"linear"`` needs n = m ≥ 2."""
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+    if estimator == "unbiased" and min(n, m) < 2:
+        raise ValueError(
+            f"the unbiased estimator needs at least 2 samples per domain, got source batch {n} "
+            f"and target batch {m}"
+        )
+    if estimator == "linear":
+        if n != m:
+            raise ValueError(
+                f"the linear estimator pairs samples and needs equal batches, got source batch "
+                f"{n} and target batch {m}"
+            )
+        if n < 2:
+            raise ValueError(f"the linear estimator needs a batch of at least 2, got {n}")

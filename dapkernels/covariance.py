@@ -16,6 +16,8 @@ import torch
 
 from ._validation import as_features
 
+__all__ = ["RunningCovariance"]
+
 
 class RunningCovariance:
     """Accumulates the mean and covariance of (n, d…) batches, possibly across workers.

@@ -1,7 +1,8 @@
 """Functional entry points, in the style of ``torch.nn.functional``.
 
 Shapes: features are (batch, features…) tensors, flattened to (batch, d).  ``n`` source rows,
-``m`` target rows, ``N = n + m``.
+``m`` target rows, ``N = n + m``.  The maths of each op and its gradient: docs/design.md §MMD,
+§CORAL, §Gradient reversal; this layer validates, picks the backend and calls ``ops``.
 """
 
 from __future__ import annotations
@@ -12,35 +13,21 @@ from collections.abc import Sequence
 import torch
 
 from . import backends
-from ._validation import as_features, check_same_space, cpu_compute_view
+from ._validation import (
+    ESTIMATORS,
+    as_features,
+    check_estimator,
+    check_same_space,
+    cpu_compute_view,
+)
 from .kernels import GaussianKernels
-from .ops.coral import fused_coral, log_coral
-from .ops.grl import grad_reverse
-from .ops.mmd import compiled_mmd, fused_mmd, linear_mmd
-from .ops.mmd import estimator_weights as _estimator_weights
+from .ops.coral import coral_fused, coral_log
+from .ops.grl import Coeff, grl_fused
+from .ops.mmd import mmd_estimator_weights, mmd_fused, mmd_fused_compiled, mmd_linear
 
 __all__ = ["mmd", "jmmd", "coral", "grad_reverse"]
 
-ESTIMATORS = ("biased", "unbiased", "linear")
 _DEFAULT_KERNELS = GaussianKernels()
-
-
-def _check_estimator(estimator: str, n: int, m: int) -> None:
-    if estimator not in ESTIMATORS:
-        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
-    if estimator == "unbiased" and min(n, m) < 2:
-        raise ValueError(
-            f"the unbiased estimator needs at least 2 samples per domain, got source batch {n} "
-            f"and target batch {m}"
-        )
-    if estimator == "linear":
-        if n != m:
-            raise ValueError(
-                f"the linear estimator pairs samples and needs equal batches, got source batch "
-                f"{n} and target batch {m}"
-            )
-        if n < 2:
-            raise ValueError(f"the linear estimator needs a batch of at least 2, got {n}")
 
 
 def _out_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -118,11 +105,11 @@ def _fused_plan(kernels: tuple, estimator: str, n: int, m: int) -> tuple:
     training loop asks for the same plan every step, and building it costs a noticeable share
     of a small batch's whole forward + backward.
     """
-    _check_estimator(estimator, n, m)
+    check_estimator(estimator, n, m)
     k0 = 1.0
     for k in kernels:
         k0 *= k.num_kernels
-    weights, const = _estimator_weights(estimator, n, m, k0)
+    weights, const = mmd_estimator_weights(estimator, n, m, k0)
     factors = tuple(k.sigma2_factors for k in kernels)
     relative = tuple(k.relative for k in kernels)
     return factors, relative, weights, const
@@ -132,21 +119,21 @@ def _joint_mmd(srcs, tgts, kernels, estimator, backend) -> torch.Tensor:
     """Estimator on validated (batch, d_l) layers: the linear one in torch, the others fused."""
     n, m = srcs[0].shape[0], tgts[0].shape[0]
     if estimator not in ESTIMATORS:  # before the cache, which cannot hash e.g. a list
-        _check_estimator(estimator, n, m)
+        check_estimator(estimator, n, m)
     if estimator == "linear":
-        _check_estimator(estimator, n, m)
+        check_estimator(estimator, n, m)
         factors = [k.sigma2_factors for k in kernels]
         relative = [k.relative for k in kernels]
-        return linear_mmd(srcs, tgts, factors, relative)
+        return mmd_linear(srcs, tgts, factors, relative)
     name = backends.resolve(backend, srcs[0].device)
     out_dtype = _out_dtype(srcs[0].dtype)
     if torch.compiler.is_compiling():
         # no weights from (possibly symbolic) batch sizes in the graph: the op forms them
-        _check_estimator(estimator, n, m)
-        return compiled_mmd(srcs, tgts, [k.sigma2_factors for k in kernels],
+        check_estimator(estimator, n, m)
+        return mmd_fused_compiled(srcs, tgts, [k.sigma2_factors for k in kernels],
                             [k.relative for k in kernels], estimator, name, out_dtype)
     factors, relative, weights, const = _fused_plan(tuple(kernels), estimator, n, m)
-    return fused_mmd(srcs, tgts, factors, relative, weights, const, name, out_dtype)
+    return mmd_fused(srcs, tgts, factors, relative, weights, const, name, out_dtype)
 
 
 def mmd(
@@ -222,13 +209,10 @@ def coral(
         f_t: (n_t, …) target features, n_t ≥ 2; same d, dtype and device.
         log: log-Euclidean variant.
         eps: eigenvalue floor of the log variant.
-        backend: force ``"reference"``, ``"cpu"`` or ``"triton"`` (default: by device, or the
-            ``DAPKERNELS_BACKEND`` environment variable).
+        backend: as in :func:`mmd`.
 
     Returns:
-        0-dim tensor (float32 for half-precision inputs, else the input dtype).  float16 /
-        bfloat16 CPU inputs (``torch.autocast("cpu")``) are computed in float32; their
-        gradient comes back in their own dtype.
+        0-dim tensor, of the dtype :func:`mmd` returns for the same inputs.
     """
     s = as_features(f_s, "f_s")
     t = as_features(f_t, "f_t")
@@ -242,7 +226,31 @@ def coral(
     if log:
         if not eps > 0:
             raise ValueError(f"eps must be positive, got {eps}")
-        return log_coral(s, t, float(eps), _out_dtype(s.dtype))
+        return coral_log(s, t, float(eps), _out_dtype(s.dtype))
     name = backends.resolve(backend, s.device)
-    return fused_coral(s, t, name, _out_dtype(s.dtype))
+    return coral_fused(s, t, name, _out_dtype(s.dtype))
 
+
+def grad_reverse(x: torch.Tensor, coeff: Coeff = 1.0) -> torch.Tensor:
+    """Gradient reversal of DANN: ``y = x`` (a view, no copy) with ``∂L/∂x = −coeff · ∂L/∂y``.
+
+    Args:
+        x: any tensor.
+        coeff: Python float or 0-dim tensor (same device as ``x`` or CPU).  A tensor is a graph
+            input under ``torch.compile`` (changing it does not recompile); it never receives a
+            gradient.  A negative ``coeff`` scales the gradient by ``|coeff|`` without
+            reversing it.
+
+    Returns:
+        A view of ``x`` with the same shape.  In-place ops on it raise (clone it first).
+    """
+    if isinstance(coeff, torch.Tensor):
+        if coeff.dim() != 0:
+            raise ValueError(
+                f"coeff must be a float or a 0-dim tensor, got shape {tuple(coeff.shape)}"
+            )
+    elif isinstance(coeff, bool) or not isinstance(coeff, (int, float)):
+        raise TypeError(f"coeff must be a float or a 0-dim tensor, got {type(coeff).__name__}")
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    return grl_fused(x, coeff)

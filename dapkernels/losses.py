@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from . import functional as F
+from ._validation import check_estimator
 from .kernels import GaussianKernels
 
 __all__ = [
@@ -37,7 +38,7 @@ class MMDLoss(nn.Module):
         backend: str | None = None,
     ) -> None:
         super().__init__()
-        F._check_estimator(estimator, 2, 2)
+        check_estimator(estimator, 2, 2)
         self.kernels = kernels if kernels is not None else GaussianKernels()
         self.estimator = estimator
         self.backend = backend
@@ -65,7 +66,7 @@ class JMMDLoss(nn.Module):
         backend: str | None = None,
     ) -> None:
         super().__init__()
-        F._check_estimator(estimator, 2, 2)
+        check_estimator(estimator, 2, 2)
         self.kernels = None if kernels is None else list(kernels)
         self.estimator = estimator
         self.backend = backend

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import dapkernels as dk
-from dapkernels.train.baselines import PATTERNS, deepda_kernels, naive_jmmd, naive_mmd
+from dapkernels.baselines import PATTERNS, deepda_kernels, naive_jmmd, naive_mmd
 
 BANKS = {
     "default": dk.GaussianKernels(),

@@ -11,8 +11,9 @@ import subprocess
 import pytest
 import torch
 
-from dapkernels.bench import common
+from dapkernels.bench import memory, report, runner, subprocess_protocol
 from dapkernels.bench import mmd as bench_mmd
+from dapkernels.bench import timing as bench_timing
 from dapkernels.bench.cli import add_bench_parser
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -36,7 +37,8 @@ def test_bench_mmd_quick_end_to_end(tmp_path, capsys) -> None:
     assert "ours/ref" in printed and "vs (a) TLL" in printed
     assert (out / "mmd.png").read_bytes()[:8] == PNG_MAGIC
     payload = json.loads((out / "mmd.json").read_text())
-    assert {"benchmark", "machine", "config", "summary", "bars", "results"} <= payload.keys()
+    assert {"benchmark", "machine", "config", "summary", "results"} <= payload.keys()
+    assert "bars" not in payload  # targets live in benchmarks/results/README.md, not the library
     assert payload["benchmark"] == "mmd" and payload["config"]["quick"] is True
     assert {"date", "cpu", "torch", "cpu_count", "device"} <= payload["machine"].keys()
     # the figures depend on the C++ core's instruction-set copy: named in the JSON and printed
@@ -76,25 +78,25 @@ def test_bench_registers_mmd_with_common_options() -> None:
 def test_case_over_budget_is_skipped_and_reported() -> None:
     cpu = torch.device("cpu")
     cases, skipped = bench_mmd.build_cases(cpu, [64], [2048], [], impls=["ours", "tll"],
-                                           time_budget_s=0.0, mem_budget_bytes=256 * common.MiB)
+                                           time_budget_s=0.0, mem_budget_bytes=256 * memory.MiB)
     assert [c.params["impls"] for c in cases] == [["ours"]]
     assert [s["name"] for s in skipped] == ["tll"] and skipped[0]["status"] == "skipped"
     assert "budget" in skipped[0]["reason"]
-    results = skipped + common.run_cases(cases, cpu, isolate=False)
+    results = skipped + runner.run_cases(cases, cpu, isolate=False)
     summary = bench_mmd.summarize(results)
     assert summary["comparison"][0]["ours_s"] > 0 and summary["comparison"][0]["tll_s"] is None
     assert summary["comparison"][0]["speedup_tll"] is None
-    assert "skipped" in bench_mmd.report(summary, bench_mmd.evaluate_bars(summary))
-    (ref,) = common.run_cases([common.Case("g", "gemm_ref", "x:y", est_bytes=2)], cpu,
+    assert "skipped" in bench_mmd.report(summary)
+    (ref,) = runner.run_cases([runner.Case("g", "gemm_ref", "x:y", est_bytes=2)], cpu,
                                 mem_budget_bytes=1)
     assert ref["status"] == "skipped"
 
 
 def test_isolated_case_runs_in_a_subprocess() -> None:
-    case = common.Case(group="g", name="cmp", factory="dapkernels.bench.mmd:make_comparison",
+    case = runner.Case(group="g", name="cmp", factory="dapkernels.bench.mmd:make_comparison",
                        params={"impls": ["ours", "torch"], "n": 6, "m": 5, "d": 4},
                        time_budget_s=0.0)
-    res = common.run_case(case, torch.device("cpu"), isolate=True, mem_budget_bytes=common.GiB)
+    res = runner.run_case(case, torch.device("cpu"), isolate=True, mem_budget_bytes=memory.GiB)
     assert res["status"] == "ok", res
     assert list(res["timings"]) == ["ours", "torch"]
     for timing in res["timings"].values():
@@ -107,9 +109,9 @@ def test_failed_subprocess_is_reported(monkeypatch) -> None:
     def killed(*args, **kwargs) -> subprocess.CompletedProcess:
         return subprocess.CompletedProcess(args, -9, stdout="", stderr="boom\n")
 
-    monkeypatch.setattr(common.subprocess, "run", killed)
-    case = common.Case(group="g", name="x", factory="dapkernels.bench.mmd:make_comparison")
-    res = common.run_case(case, torch.device("cpu"), isolate=True, mem_budget_bytes=common.GiB)
+    monkeypatch.setattr(subprocess_protocol.subprocess, "run", killed)
+    case = runner.Case(group="g", name="x", factory="dapkernels.bench.mmd:make_comparison")
+    res = runner.run_case(case, torch.device("cpu"), isolate=True, mem_budget_bytes=memory.GiB)
     assert res["status"] == "failed"
     assert "out of memory" in res["reason"] and "boom" in res["reason"]
 
@@ -119,15 +121,15 @@ def test_peak_growth_sees_an_allocation() -> None:
         torch.ones(16 * 2**20).sum()  # 64 MiB, touched
 
     step()
-    growth, method, seconds = common.measure_peak_growth(step, torch.device("cpu"))
+    growth, method, seconds = memory.measure_peak_growth(step, torch.device("cpu"))
     assert seconds > 0
     if method.startswith("VmHWM"):
-        assert 56 * common.MiB <= growth <= 200 * common.MiB
+        assert 56 * memory.MiB <= growth <= 200 * memory.MiB
 
 
 def test_time_callable_repeats() -> None:
     calls = []
-    timing = common.time_callable(lambda: calls.append(1), torch.device("cpu"), warmup=2,
+    timing = bench_timing.time_callable(lambda: calls.append(1), torch.device("cpu"), warmup=2,
                                   min_repeats=4, max_repeats=6, time_budget_s=0.0)
     assert 4 <= timing["repeats"] <= 6 and len(calls) == 2 + timing["repeats"]
     assert 0 <= timing["min_s"] <= timing["median_s"]
@@ -135,7 +137,7 @@ def test_time_callable_repeats() -> None:
 
 def test_time_interleaved_alternates() -> None:
     log = []
-    timings = common.time_interleaved(
+    timings = bench_timing.time_interleaved(
         {"a": lambda: log.append("a"), "b": lambda: log.append("b")}, torch.device("cpu"),
         min_repeats=3, max_repeats=3, time_budget_s=0.0, slice_s=0.0,
     )
@@ -151,41 +153,10 @@ def test_quick_comparison_for_the_demo(monkeypatch) -> None:
     assert all(_positive_finite(rows[0][f"speedup_{i}"]) for i in bench_mmd.IMPLS[1:])
 
 
-def test_bars_logic() -> None:
-    summary = {
-        "comparison": [
-            {"b": 32, "d": 256, "speedup_tll": 12.0, "speedup_torch": 4.0},
-            {"b": 512, "d": 256, "speedup_torch": 3.5},
-        ],
-        "gemm_ref": [
-            {"N": 16384, "d": 256, "status": "ok", "ratio": 0.8, "ratio_min": 0.7,
-             "peak_mem_bytes": 40 * common.MiB, "grad_bytes": 16 * common.MiB, "ours_s": 1.0},
-            {"N": 65536, "d": 64, "status": "ok", "ratio": 1.0, "ratio_min": 1.0,
-             "peak_mem_bytes": 1, "grad_bytes": 1, "ours_s": 3.0},
-        ],
-    }
-    met = {b["bar"]: b["met"] for b in bench_mmd.evaluate_bars(summary)}
-    assert met == {
-        "b=32+32 d=256: ours >= 10x faster than (a) TLL": True,
-        "b=32+32 d=256: ours >= 5x faster than (c) torch": False,
-        "b=512+512 d=256: ours >= 3x faster than (c) torch": True,
-        "N=16384 d=256: ours <= 0.9x GEMM reference time": True,
-        "N=16384 d=256: peak growth beyond gradient <= 64 MiB": True,
-        "N=65536 d=64 completes": True,
-    }
-    summary["gemm_ref"][1]["status"] = "skipped"
-    skipped = {b["bar"]: b["met"] for b in bench_mmd.evaluate_bars(summary)}
-    assert skipped["N=65536 d=64 completes"] is None
-    summary["gemm_ref"][1].update(d=256, ratio=1.2, status="ok")
-    cuda = {b["bar"]: b["met"] for b in bench_mmd.evaluate_bars(summary, "cuda")}
-    assert cuda == {"b=32+32 d=256: ours >= 10x faster than (a) TLL": True,
-                    "N=65536 d=256: ours <= 1x GEMM reference time": False}
-
-
 def test_format_helpers() -> None:
-    table = common.format_table([{"a": "x", "b": 1}, {"a": "long", "b": 22}],
+    table = report.format_table([{"a": "x", "b": 1}, {"a": "long", "b": 22}],
                                 [("A", "a"), ("B", lambda r: f"{r['b']}!")])
     lines = table.splitlines()
     assert lines[0].split() == ["A", "B"] and lines[3].split() == ["long", "22!"]
-    assert common.format_seconds(0.0012) == "1.2 ms" and common.format_seconds(None) == "-"
-    assert common.format_bytes(3 * common.MiB) == "3 MiB"
+    assert report.format_seconds(0.0012) == "1.2 ms" and report.format_seconds(None) == "-"
+    assert report.format_bytes(3 * memory.MiB) == "3 MiB"

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 import dapkernels as dk
 from dapkernels.backends import cpu_coral, reference
-from dapkernels.train.baselines import naive_coral
+from dapkernels.baselines import naive_coral
 
 
 def oracle(xs: torch.Tensor, xt: torch.Tensor) -> torch.Tensor:
@@ -150,7 +150,7 @@ def test_paths_agree_and_strides():
 def test_no_grad_returns_no_grads():
     xs, xt = draw(4, 5, 3, torch.float32, 0.0, 1)
     v, grads = cpu_coral.coral_sweep(xs, xt, False)
-    assert grads == [] and v.dtype == torch.float64
+    assert grads == [] and isinstance(v, float)
 
 
 @pytest.mark.parametrize("backend", ["cpu", "reference"])
@@ -225,12 +225,12 @@ def test_bad_backend_and_eps():
 
 
 def test_custom_op_opcheck():
-    from dapkernels.ops.coral import coral_fused
+    from dapkernels.ops.coral import coral_fused_op
 
     xs, xt = draw(5, 7, 4, torch.float64, 0.0, 6)
     xs.requires_grad_()
     xt.requires_grad_()
-    torch.library.opcheck(coral_fused, (xs, xt, True, "cpu"))
+    torch.library.opcheck(coral_fused_op, (xs, xt, True, "cpu"))
 
 
 @pytest.mark.parametrize("shape", [(16, 16, 300), (40, 30, 12)])

@@ -18,8 +18,8 @@ import torch
 from torch.autograd import gradgradcheck
 
 import dapkernels as dk
-from dapkernels.ops.coral import coral_fused
-from dapkernels.ops.mmd import mmd_fused
+from dapkernels.ops.coral import coral_fused_op
+from dapkernels.ops.mmd import mmd_fused_op
 
 CPU_BACKENDS = ["cpu", "reference"]
 FIXED = dk.GaussianKernels(sigmas=[0.8, 1.7])
@@ -68,17 +68,17 @@ def test_custom_ops_gradgradcheck():
     s, t = _pair(seed=3)
 
     def mmd(a, b):
-        return mmd_fused([a, a.tanh()], [b, b.tanh()], [0.5, 1.0, 2.0, 1.1], [3, 1],
+        return mmd_fused_op([a, a.tanh()], [b, b.tanh()], [0.5, 1.0, 2.0, 1.1], [3, 1],
                          [True, False], "unbiased", True, "cpu")[0]
 
     assert gradgradcheck(mmd, (s, t))
-    assert gradgradcheck(lambda a, b: coral_fused(a, b, True, "reference")[0], (s, t))
+    assert gradgradcheck(lambda a, b: coral_fused_op(a, b, True, "reference")[0], (s, t))
 
 
 def test_linear_estimator_double_backward_holds_the_bandwidth():
     """The linear estimator is plain autograd with the (detached) bandwidth fixed at both
     orders: exact second derivatives with fixed banks, not the derivative of the backward
-    function with relative ones (documented in ``linear_mmd``)."""
+    function with relative ones (documented in ``mmd_linear``)."""
     s, t = _pair(5, 5)
     assert gradgradcheck(lambda a, b: dk.mmd(a, b, FIXED, "linear"), (s, t))
     assert not gradgradcheck(lambda a, b: dk.mmd(a, b, RELATIVE, "linear"), (s, t),
@@ -288,15 +288,15 @@ def _inputs(layout: str, grad: bool):
 def test_opcheck_every_custom_op(backend, layout, need_grad):
     # need_grad=False is what the ops pass when no input requires grad
     s, t = _inputs(layout, need_grad)
-    torch.library.opcheck(mmd_fused, ([s], [t], [0.5, 1.0], [2], [True], "unbiased",
+    torch.library.opcheck(mmd_fused_op, ([s], [t], [0.5, 1.0], [2], [True], "unbiased",
                                       need_grad, backend))
-    torch.library.opcheck(mmd_fused, ([s, s], [t, t], [0.5, 1.0, 1.3], [2, 1], [True, False],
+    torch.library.opcheck(mmd_fused_op, ([s, s], [t, t], [0.5, 1.0, 1.3], [2, 1], [True, False],
                                       "biased", need_grad, backend))
-    torch.library.opcheck(coral_fused, (s, t, need_grad, backend))
+    torch.library.opcheck(coral_fused_op, (s, t, need_grad, backend))
     wide_s, wide_t = (x.repeat(1, 3) for x in (s.detach(), t.detach()))  # Gram path: N < d
     if need_grad:
         wide_s, wide_t = wide_s.requires_grad_(), wide_t.requires_grad_()
-    torch.library.opcheck(coral_fused, (wide_s, wide_t, need_grad, backend))
+    torch.library.opcheck(coral_fused_op, (wide_s, wide_t, need_grad, backend))
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
@@ -306,10 +306,10 @@ def test_fake_outputs_have_the_real_shapes_and_strides(backend, layout):
 
     s, t = _inputs(layout, False)
     calls = [
-        lambda a, b: mmd_fused([a, a], [b, b], [0.5, 1.0], [1, 1], [True, False], "unbiased",
+        lambda a, b: mmd_fused_op([a, a], [b, b], [0.5, 1.0], [1, 1], [True, False], "unbiased",
                                True, backend),
-        lambda a, b: coral_fused(a, b, True, backend),
-        lambda a, b: coral_fused(a.repeat(1, 4), b.repeat(1, 4), True, backend),
+        lambda a, b: coral_fused_op(a, b, True, backend),
+        lambda a, b: coral_fused_op(a.repeat(1, 4), b.repeat(1, 4), True, backend),
     ]
     for call in calls:
         real = call(s, t)

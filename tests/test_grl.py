@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 import dapkernels as dk
-from dapkernels.train.baselines import naive_grad_reverse
+from dapkernels.baselines import naive_grad_reverse
 
 
 @pytest.mark.parametrize("coeff", [1.0, 0.37, -2.0, torch.tensor(0.37), torch.tensor(-2.0)])

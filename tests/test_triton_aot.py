@@ -32,10 +32,10 @@ def test_aot_subset_compiles_without_spills():
     assert len(rows) == len(subset_jobs()), out
     assert families >= {
         (arch, k, g) for arch in ("80", "90") for g in (True, False)
-        for k in ("small_kernel", "flash_kernel", "sweep_kernel", "coral_grad_kernel")}
+        for k in ("mmd_small_kernel", "mmd_flash_kernel", "mmd_sweep_kernel", "coral_grad_kernel")}
     assert {(arch, k) for arch, k, _ in families} >= {
         (arch, k) for arch in ("80", "90")
-        for k in ("prep_kernel", "wide_kernel", "finish_kernel", "coral_gram_kernel",
+        for k in ("mmd_prep_kernel", "mmd_wide_kernel", "mmd_finish_kernel", "coral_gram_kernel",
                   "coral_small_kernel")}
     assert proc.returncode == 0, out
     for line in rows:

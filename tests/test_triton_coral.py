@@ -46,8 +46,8 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.parametrize("need_grad", [True, False])
 @pytest.mark.parametrize("route", ["one program", "split columns"])
 def test_coral_sweep_matches_reference(monkeypatch, ns, nt, d, offset, need_grad, route):
-    if route == "split columns":  # the path of d > SMALL_MAX_D, on the same shapes
-        monkeypatch.setattr(TCORAL, "SMALL_MAX_D", 0)
+    if route == "split columns":  # the path of d > CORAL_SMALL_MAX_D, on the same shapes
+        monkeypatch.setattr(TCORAL, "CORAL_SMALL_MAX_D", 0)
     xs, xt = _draw(ns, nt, d, offset, ns + d)
     xs, xt = xs.float(), xt.float()
     value, grads = TRITON.coral_sweep(xs.to(DEVICE), xt.to(DEVICE), need_grad, "gram")
@@ -67,7 +67,7 @@ def test_coral_sweep_matches_reference(monkeypatch, ns, nt, d, offset, need_grad
 @pytest.mark.parametrize("route", ["one program", "split columns"])
 def test_other_dtypes(monkeypatch, dtype, route):
     if route == "split columns":
-        monkeypatch.setattr(TCORAL, "SMALL_MAX_D", 0)
+        monkeypatch.setattr(TCORAL, "CORAL_SMALL_MAX_D", 0)
     xs, xt = _draw(12, 20, 130, 0.2, 7)
     xs, xt = xs.to(dtype), xt.to(dtype)
     value, (gs, gt) = TRITON.coral_sweep(xs.to(DEVICE), xt.to(DEVICE), True, "gram")
@@ -102,7 +102,7 @@ def test_unknown_path_is_an_error():
 
 
 @pytest.mark.parametrize("out_dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("d", [300, 2049])  # one program; past SMALL_MAX_D
+@pytest.mark.parametrize("d", [300, 2049])  # one program; past CORAL_SMALL_MAX_D
 def test_coral_loss_in_the_requested_dtype(d, out_dtype):
     """``coral_loss``: the value in ``out_dtype`` on either route; strided inputs read in place."""
     xs, xt = _draw(20, 25, d + 3, 2.0, d)
@@ -150,10 +150,9 @@ def test_coral_through_the_op():
 @pytest.mark.skipif(not ON_GPU, reason="needs a CUDA device")
 def test_cuda_tensors_pick_the_triton_gram_kernels():
     from dapkernels import backends
-    from dapkernels.ops import coral
 
     assert backends.resolve(None, torch.device("cuda")) == "triton"
-    assert coral._module("triton") is TRITON
+    assert backends.get("triton") is TRITON
     s = torch.randn(32, 2048, device="cuda", requires_grad=True)
     out = dk.coral(s, torch.randn(32, 2048, device="cuda"))
     out.backward()

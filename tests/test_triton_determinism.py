@@ -79,9 +79,9 @@ def test_atomic_route_warns_with_warn_only():
 
 
 @pytest.mark.parametrize("n,m,d,layers", [
-    (20, 24, 33, 1),   # one small_kernel launch
-    (9, 14, 1000, 1),  # small_kernel, wide rows
-    (20, 30, 5, 2),    # JMMD: one row block of sweep_kernel, one pack program
+    (20, 24, 33, 1),   # one mmd_small_kernel launch
+    (9, 14, 1000, 1),  # mmd_small_kernel, wide rows
+    (20, 30, 5, 2),    # JMMD: one row block of mmd_sweep_kernel, one pack program
 ])
 def test_one_program_mmd_routes_run_and_repeat_bitwise(deterministic, n, m, d, layers):
     s, t = _batch(n, m, d)
@@ -97,19 +97,19 @@ def test_one_program_mmd_routes_run_and_repeat_bitwise(deterministic, n, m, d, l
 
 
 def test_pack_kernel_is_one_program_when_deterministic(deterministic, monkeypatch):
-    """prep_kernel's column statistics: one program under the flag (atomic adds onto zeros,
+    """mmd_prep_kernel's column statistics: one program under the flag (atomic adds onto zeros,
     each once), several without it."""
     from dapkernels.backends.triton import mmd as host
 
     grids = []
-    real = host.K.prep_kernel
+    real = host.K.mmd_prep_kernel
 
     class Spy:
         def __getitem__(self, grid):
             grids.append(grid)
             return real[grid]
 
-    monkeypatch.setattr(host.K, "prep_kernel", Spy())
+    monkeypatch.setattr(host.K, "mmd_prep_kernel", Spy())
     z = torch.randn(150, 3, device=DEVICE)
     zp = torch.empty(150, 32, device=DEVICE)
     sq = torch.empty(150, device=DEVICE)

@@ -131,28 +131,28 @@ class _Spy:
 @pytest.mark.parametrize(
     "target,precision,rows,d,need_grad,kernel",
     [
-        (90, "highest", 64, 100, True, "small_kernel"),
-        (80, "highest", 64, 100, True, "wide_kernel"),  # NO_SMALL, no 3xTF32 flash at DP 128
-        (80, "highest", 64, 40, True, "flash_kernel"),
-        (80, "high", 90, 100, True, "flash_kernel"),
-        (80, "high", 90, 200, True, "flash_kernel"),
-        (90, "highest", 90, 200, True, "wide_kernel"),  # no 3xTF32 flash with gradient at DP 256
-        (80, "high", 90, 300, True, "wide_kernel"),  # d > 256
-        (90, "high", 300, 1000, True, "wide_kernel"),  # several row blocks and column splits
-        (90, "highest", 90, 100, False, "flash_kernel"),
-        (80, "highest", 90, 100, False, "sweep_kernel"),
-        (80, "high", 90, 300, False, "sweep_kernel"),  # no gradient: upper-triangle tiles
+        (90, "highest", 64, 100, True, "mmd_small_kernel"),
+        (80, "highest", 64, 100, True, "mmd_wide_kernel"),  # MMD_NO_SMALL; no 3xTF32 flash, DP 128
+        (80, "highest", 64, 40, True, "mmd_flash_kernel"),
+        (80, "high", 90, 100, True, "mmd_flash_kernel"),
+        (80, "high", 90, 200, True, "mmd_flash_kernel"),
+        (90, "highest", 90, 200, True, "mmd_wide_kernel"),  # no 3xTF32 flash, gradient, DP 256
+        (80, "high", 90, 300, True, "mmd_wide_kernel"),  # d > 256
+        (90, "high", 300, 1000, True, "mmd_wide_kernel"),  # several row blocks and column splits
+        (90, "highest", 90, 100, False, "mmd_flash_kernel"),
+        (80, "highest", 90, 100, False, "mmd_sweep_kernel"),
+        (80, "high", 90, 300, False, "mmd_sweep_kernel"),  # no gradient: upper-triangle tiles
     ],
 )
 def test_routes_of_each_target_table(monkeypatch, target, precision, rows, d, need_grad, kernel):
     """Each target's tables pick the expected kernel (small / flash / sweep) and it is exact."""
-    from dapkernels.backends.triton import mmd as tmmd
+    from dapkernels.backends.triton import device as tdevice
     from dapkernels.backends.triton import mmd_kernels
 
     seen: list = []
-    for name in ("small_kernel", "flash_kernel", "sweep_kernel", "wide_kernel"):
+    for name in ("mmd_small_kernel", "mmd_flash_kernel", "mmd_sweep_kernel", "mmd_wide_kernel"):
         monkeypatch.setattr(mmd_kernels, name, _Spy(getattr(mmd_kernels, name), name, seen))
-    monkeypatch.setitem(tmmd._TARGET, torch.empty(0, device=DEVICE).device, target)
+    monkeypatch.setitem(tdevice._TARGET, torch.empty(0, device=DEVICE).device, target)
     before = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision(precision)
     try:
@@ -250,12 +250,12 @@ def test_small_batch_loss_is_one_launch_and_no_other_device_op(monkeypatch):
     t = torch.randn(32, 256, device=DEVICE) + 0.3
     weights = UNBIASED(32, 32)
     TRITON.mmd_loss([s], [t], [ALPHAS], [True], weights, 0.0, torch.float32, True)  # plan cache
-    names = ["small_kernel", "flash_kernel", "prep_kernel", "sweep_kernel", "wide_kernel",
-             "finish_kernel"]
+    names = ["mmd_small_kernel", "mmd_flash_kernel", "mmd_prep_kernel", "mmd_sweep_kernel",
+             "mmd_wide_kernel", "mmd_finish_kernel"]
     with record_launches(monkeypatch, mmd_kernels, names) as record:
         value, (grad,) = TRITON.mmd_loss([s], [t], [ALPHAS], [True], weights, 0.0,
                                          torch.float32, True)
-    assert record.launches == ["small_kernel"]
+    assert record.launches == ["mmd_small_kernel"]
     assert record.ops and set(record.ops) <= {"empty.memory_format"}, record.ops
     ref, scale, ref_grad = _reference_loss(s, t, ALPHAS, weights, 0.0)
     assert abs(float(value) - ref) <= 1e-5 * scale

@@ -1,10 +1,12 @@
 """Backend selection.
 
-Every backend module exposes the same primitives (see ``reference.py`` for their contract):
+Every backend module exposes the same primitives (docs/design.md §Backend contract):
 
 * ``mmd_sweep(sources, targets, factors, relative, weights, need_grad) -> (sums, grads)``
-* optionally ``mmd_loss(…, weights, const, out_dtype, need_grad) -> (value, grads)``, the loss
-  value itself (``ops/mmd.py`` forms it from the sums for backends without it)
+* ``coral_sweep(xs, xt, need_grad, path) -> (value, grads)``
+* optionally ``mmd_loss(…, weights, const, out_dtype, need_grad)`` and ``coral_loss(…,
+  out_dtype)`` ``-> (value, grads)``, the loss value itself in the caller's dtype (the ops
+  layer forms it from the sweep for backends without them)
 
 Choice, first match wins: the ``backend=`` argument of an op, the ``DAPKERNELS_BACKEND``
 environment variable, then the device: CPU tensors use ``cpu`` (the C++ core), CUDA tensors use
@@ -20,6 +22,8 @@ import warnings
 from types import ModuleType
 
 import torch
+
+__all__ = ["BACKENDS", "resolve", "available", "get"]
 
 BACKENDS = ("reference", "cpu", "triton")
 _warned: set = set()

@@ -23,9 +23,9 @@ from collections.abc import Sequence
 import torch
 
 from .. import _C
-from .cpu_coral import coral_sweep, coral_sweep_float
+from .cpu_coral import coral_sweep
 
-__all__ = ["mmd_sweep", "coral_sweep", "coral_sweep_float"]
+__all__ = ["mmd_sweep", "coral_sweep"]
 
 #: Tile edge of the sweep by batch size N = n + m (multiples of 32 only): 32 keeps small
 #: batches in few, cheap tiles and 128 amortises the micro-kernel's accumulator traffic at large

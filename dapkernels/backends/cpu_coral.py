@@ -23,6 +23,9 @@ import torch
 
 from .. import _C
 
+__all__ = ["coral_sweep", "PATHS", "BLAS_MIN_WORK", "blas_route", "blas_gram_sweep",
+           "blas_cov_sweep"]
+
 PATHS = {"auto": 0, "gram": 1, "cov": 2}
 _FLOAT32_MAX = torch.finfo(torch.float32).max
 
@@ -43,7 +46,7 @@ _BLAS_WIDER = _blas_is_wider()
 
 
 def blas_route(ns: int, nt: int, d: int, path: str) -> str | None:
-    """``"gram"`` or ``"cov"`` when :func:`coral_sweep_float` hands this problem to torch's
+    """``"gram"`` or ``"cov"`` when :func:`coral_sweep` hands this problem to torch's
     GEMMs (:func:`blas_gram_sweep` / :func:`blas_cov_sweep`), else None (the C++ core)."""
     if not _BLAS_WIDER:
         return None
@@ -127,15 +130,9 @@ def blas_cov_sweep(xs: torch.Tensor, xt: torch.Tensor, need_grad: bool) -> tuple
 def coral_sweep(
     xs: torch.Tensor, xt: torch.Tensor, need_grad: bool, path: str = "auto"
 ) -> tuple:
-    """Same contract as :func:`dapkernels.backends.reference.coral_sweep`."""
-    value, grads = coral_sweep_float(xs, xt, need_grad, path)
-    return torch.tensor(value, dtype=torch.float64), grads
-
-
-def coral_sweep_float(
-    xs: torch.Tensor, xt: torch.Tensor, need_grad: bool, path: str = "auto"
-) -> tuple:
-    """:func:`coral_sweep` with the value as a Python float (one tensor fewer per call).
+    """:func:`dapkernels.backends.reference.coral_sweep` with the value as a Python float (one
+    tensor fewer per call; the CPU backend's form of the contract, docs/design.md §Backend
+    contract).
 
     ``path="auto"`` picks the Gram path when ``n_s + n_t < d`` (cost ~1.5 N²d and N² memory),
     else the d×d covariance path (~1.5 N d²); both are exact.  Inputs: CPU, float32 or float64,

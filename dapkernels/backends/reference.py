@@ -4,7 +4,8 @@ It evaluates everything in float64 (whatever the input dtype) with dense matrice
 closed-form gradient ``∂L/∂z_i = 4 [rowsum(C)_i z_i − (C Z)_i]``, ``C_ij = W_ij k′(d_ij)``.
 The tests check it against torch.autograd on the dense formula, then use it as the oracle for
 the CPU and Triton kernels; it is also the fallback for devices no kernel covers.
-Memory is O(N²) per call: use it for N up to a few thousand.
+Memory is O(N²) per call: use it for N up to a few thousand.  Formulas: docs/design.md §MMD
+and §CORAL.
 """
 
 from __future__ import annotations
@@ -14,6 +15,11 @@ from collections.abc import Sequence
 import torch
 
 from .._validation import check_finite
+
+__all__ = [
+    "mmd_sweep", "mmd_grad_formula", "coral_sweep", "coral_formula", "coral_grad_formula",
+    "mean_sq_distance", "gammas", "pairwise_sq_distances", "pair_weight_matrix",
+]
 
 
 def mean_sq_distance(z: torch.Tensor) -> torch.Tensor:

@@ -7,17 +7,18 @@ module provides:
 * ``add_arguments(parser)``: its own options (the common ones below are already there);
 * ``run(args) -> int``: runs it, prints a table, writes JSON + PNG under ``args.out``.
 
-Common options: ``--device cpu|cuda``, ``--out DIR``, ``--quick`` (a few small sizes, seconds:
-for CI, tests and the demo), ``--time-budget S`` (seconds of repeats per measurement),
-``--mem-budget-gib G`` (skip cases estimated above it), ``--isolate/--no-isolate`` (one
-subprocess per case; default on for full CPU runs), ``--silent`` (no progress lines).
-Measurement rules are documented in :mod:`dapkernels.bench.common`.
+The common options (``--device``, ``--out``, ``--quick``, ``--time-budget``,
+``--mem-budget-gib``, ``--isolate``, ``--silent``) are declared and read in
+:mod:`dapkernels.bench.options`.
+Measurement rules are documented in :mod:`dapkernels.bench.runner` and the modules it uses.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+
+from .options import add_common_arguments
 
 __all__ = ["BENCHMARKS", "add_bench_parser"]
 
@@ -28,23 +29,6 @@ BENCHMARKS: dict = {
     "grl": "dapkernels.bench.grl",
     "shift": "dapkernels.bench.shift",
 }
-
-
-def _add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                        help="where to run (default cpu)")
-    parser.add_argument("--out", metavar="DIR",
-                        help="folder for the JSON and PNG (default bench-results/<name>_<device>)")
-    parser.add_argument("--quick", action="store_true",
-                        help="a few small sizes, in process: seconds (CI, tests, demo)")
-    parser.add_argument("--time-budget", type=float, metavar="S",
-                        help="seconds of timed repeats per measurement (default 2, --quick 0.3)")
-    parser.add_argument("--mem-budget-gib", type=float, metavar="G",
-                        help="skip cases whose estimated memory exceeds G GiB "
-                             "(default: half the memory available at start)")
-    parser.add_argument("--isolate", action=argparse.BooleanOptionalAction, default=None,
-                        help="one fresh subprocess per case (default: on for a full CPU run)")
-    parser.add_argument("--silent", action="store_true", help="no progress lines on stderr")
 
 
 def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -59,7 +43,7 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         doc = (module.__doc__ or name).strip()
         parser = sub.add_parser(name, help=doc.splitlines()[0], description=doc,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-        _add_common_arguments(parser)
+        add_common_arguments(parser)
         module.add_arguments(parser)
         parser.set_defaults(func=module.run)
     return bench

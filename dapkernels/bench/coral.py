@@ -2,10 +2,10 @@
 
 Every case is forward + backward (``torch.autograd.grad`` of the loss w.r.t. both batches),
 float32, ``n`` rows per domain and ``d`` features, three implementations on the same inputs in
-one process, timed in interleaved rounds (see :mod:`dapkernels.bench.common`):
+one process, timed in interleaved rounds (see :mod:`dapkernels.bench.runner`):
 
 * ``ours``: :func:`dapkernels.coral` (one C++ call, Gram or d×d path by cost);
-* ``naive``: :func:`dapkernels.train.baselines.naive_coral`, two d×d covariances + autograd;
+* ``naive``: :func:`dapkernels.baselines.naive_coral`, two d×d covariances + autograd;
 * ``gram-torch``: the Gram formula of ``reference.coral_formula`` in plain torch, with
   autograd.
 
@@ -17,39 +17,25 @@ inputs, gradients included.
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 from .. import backends
+from ..baselines import naive_coral
 from ..functional import coral
-from ..train.baselines import naive_coral
-from .common import (
-    Case,
-    GiB,
-    MiB,
-    available_memory_bytes,
-    format_bytes,
-    format_seconds,
-    format_table,
-    machine_info,
-    machine_summary,
-    run_cases,
-    write_bar_chart,
-    write_json,
-)
+from .options import parse_cases, run_options
+from .plots import write_bar_chart
+from .report import format_bytes, format_seconds, format_table, write_json
+from .runner import Case, run_benchmark
 
-__all__ = ["IMPLS", "FULL_CASES", "BARS", "gram_torch_coral", "make_case", "add_arguments", "run"]
+__all__ = ["IMPLS", "FULL_CASES", "gram_torch_coral", "make_case", "add_arguments", "run"]
 
 IMPLS = ("ours", "naive", "gram-torch")
-#: (rows per domain, d) of a full run; the first three carry the bars of issue 3.
+#: (rows per domain, d) of a full run.
 FULL_CASES = ((32, 256), (32, 2048), (64, 8192), (128, 512), (256, 64))
 QUICK_CASES = ((32, 256), (16, 512))
-#: (rows per domain, d) → (minimum speed-up over naive, maximum peak growth of ours or None).
-BARS = {(32, 2048): (40.0, None), (32, 256): (4.0, None), (64, 8192): (250.0, 32 * MiB)}
 
 
 def gram_torch_coral(f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
@@ -67,7 +53,7 @@ _LOSSES = {"ours": coral, "naive": naive_coral, "gram-torch": gram_torch_coral}
 
 
 def make_case(device: torch.device, n: int, d: int, impls: Sequence[str], seed: int = 0) -> dict:
-    """Factory of :class:`~dapkernels.bench.common.Case`: ``{impl: fwd+bwd step}``."""
+    """Factory of :class:`~dapkernels.bench.runner.Case`: ``{impl: fwd+bwd step}``."""
     g = torch.Generator().manual_seed(seed)
     f_s = torch.randn(n, d, generator=g).to(device).requires_grad_()
     f_t = (1.5 * torch.randn(n, d, generator=g) + 0.3).to(device).requires_grad_()
@@ -106,24 +92,6 @@ def _summarize(results: Sequence[dict]) -> list:
     return rows
 
 
-def _bars(rows: Sequence[dict]) -> list:
-    out = []
-    for row in rows:
-        bar = BARS.get((row["n"], row["d"]))
-        if bar is None or row["status"] != "ok" or "speedup_vs_naive" not in row:
-            continue
-        need, mem = bar
-        entry = {"case": row["case"], "need_speedup": need, "speedup": row["speedup_vs_naive"],
-                 "speedup_from_min": row["speedup_vs_naive_min"],
-                 "met": row["speedup_vs_naive"] >= need}
-        if mem is not None:
-            entry["need_peak_bytes_at_most"] = mem
-            entry["peak_bytes"] = row["ours_peak_bytes"]
-            entry["met"] = entry["met"] and row["ours_peak_bytes"] <= mem
-        out.append(entry)
-    return out
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``bench coral`` (the common ones are added by :mod:`dapkernels.bench.cli`)."""
     parser.add_argument("--cases", nargs="+", metavar="N:D",
@@ -135,32 +103,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Runs ``bench coral``: prints a table, writes ``coral.json`` and ``coral.png``."""
-    device = torch.device(args.device)
-    if args.cases:
-        sizes = [tuple(int(v) for v in c.split(":")) for c in args.cases]
-    else:
-        sizes = list(QUICK_CASES if args.quick else FULL_CASES)
+    opts = run_options(args)
+    device, budget = opts.device, opts.time_budget_s
+    sizes = parse_cases(args.cases, args.quick, QUICK_CASES, FULL_CASES)
     impls = ["ours"] + [i for i in IMPLS if i in args.impls and i != "ours"]
-    budget = args.time_budget if args.time_budget is not None else (0.3 if args.quick else 2.0)
-    mem_budget = (int(args.mem_budget_gib * GiB) if args.mem_budget_gib is not None
-                  else available_memory_bytes(device) // 2)
     cases = [
         Case(group=f"b={n}+{n} d={d}", name="ours", factory="dapkernels.bench.coral:make_case",
              params={"n": n, "d": d, "impls": impls}, est_bytes=_estimate_bytes(n, d, impls),
              warmup=2 if d < 4096 else 1, min_repeats=3, time_budget_s=budget)
         for n, d in sizes
     ]
-    isolate = args.isolate if args.isolate is not None else (device.type == "cpu"
-                                                             and not args.quick)
-    progress = None if args.silent else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    machine = machine_info(device)
-    print(machine_summary(machine))
-    results = run_cases(cases, device, isolate=isolate, mem_budget_bytes=mem_budget,
-                        progress=progress)
-    if hasattr(os, "getloadavg"):
-        machine["load_average_end"] = list(os.getloadavg())
+    results, machine = run_benchmark(cases, opts)
     rows = _summarize(results)
-    bars = _bars(rows)
     columns = [("case", "case")]
     for impl in impls:
         columns.append((f"{impl} (median)", f"{impl}_median_s"))
@@ -183,22 +137,14 @@ def run(args: argparse.Namespace) -> int:
                 cells[key] = "-" if v is None else str(v)
         table.append(cells)
     print(format_table(table, columns))
-    for bar in bars:
-        mem = ""
-        if "peak_bytes" in bar:
-            mem = (f", peak +{format_bytes(bar['peak_bytes'])} "
-                   f"(<= {format_bytes(bar['need_peak_bytes_at_most'])})")
-        print(f"bar {bar['case']}: {bar['speedup']:.1f}x (min-based {bar['speedup_from_min']:.1f}x)"
-              f" vs naive, need >= {bar['need_speedup']:g}x{mem}: "
-              f"{'met' if bar['met'] else 'NOT met'}")
     out = Path(args.out if args.out is not None else f"bench-results/coral_{device.type}")
     payload = {
         "benchmark": "coral", "machine": machine,
         "config": {"device": str(device), "dtype": "float32", "impls": impls,
                    "ours_backend": backends.resolve(None, device), "quick": bool(args.quick),
-                   "isolate": isolate, "time_budget_s": budget,
+                   "isolate": opts.isolate, "time_budget_s": budget,
                    "cases": [list(c) for c in sizes]},
-        "summary": rows, "bars": bars, "results": results,
+        "summary": rows, "results": results,
     }
     json_path = write_json(out / "coral.json", payload)
     ok_rows = [r for r in rows if r["status"] == "ok"]

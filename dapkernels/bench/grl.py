@@ -16,38 +16,29 @@ Overhead = time / identity time − 1, from medians (and minima).
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from ..baselines import naive_grad_reverse
 from ..functional import grad_reverse
 from ..losses import WarmStartGradientReversal
-from ..train.baselines import naive_grad_reverse
-from .common import (
-    Case,
-    format_seconds,
-    format_table,
-    machine_info,
-    machine_summary,
-    run_cases,
-    write_bar_chart,
-    write_json,
-)
+from .options import parse_cases, run_options
+from .plots import write_bar_chart
+from .report import format_seconds, format_table, write_json
+from .runner import Case, run_benchmark
 
-__all__ = ["LAYERS", "FULL_CASES", "BAR_OVERHEAD", "make_case", "add_arguments", "run"]
+__all__ = ["LAYERS", "FULL_CASES", "make_case", "add_arguments", "run"]
 
 LAYERS = ("identity", "ours", "ours-warmstart", "naive")
-#: (batch, d, hidden): the first is the bar (ResNet-50 features into a DANN discriminator).
+#: (batch, d, hidden): ResNet-50 features into a DANN discriminator, then a small layer.
 FULL_CASES = ((64, 2048, 1024), (32, 256, 256))
 QUICK_CASES = ((16, 64, 64),)
-BAR_OVERHEAD = 0.05
 
 
 def make_case(device: torch.device, batch: int, d: int, hidden: int, seed: int = 0) -> dict:
-    """Factory of :class:`~dapkernels.bench.common.Case`: ``{layer: MLP step}``."""
+    """Factory of :class:`~dapkernels.bench.runner.Case`: ``{layer: MLP step}``."""
     torch.manual_seed(seed)
     mlp = nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
                         nn.Linear(hidden, 1)).to(device)
@@ -78,27 +69,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Runs ``bench grl``: prints a table, writes ``grl.json`` and ``grl.png``."""
-    device = torch.device(args.device)
-    if args.cases:
-        sizes = [tuple(int(v) for v in c.split(":")) for c in args.cases]
-    else:
-        sizes = list(QUICK_CASES if args.quick else FULL_CASES)
-    budget = args.time_budget if args.time_budget is not None else (0.3 if args.quick else 3.0)
+    opts = run_options(args, full_time_budget_s=3.0)
+    device, budget = opts.device, opts.time_budget_s
+    sizes = parse_cases(args.cases, args.quick, QUICK_CASES, FULL_CASES)
     cases = [
         Case(group=f"b={b} d={d} h={h}", name="identity", factory="dapkernels.bench.grl:make_case",
              params={"batch": b, "d": d, "hidden": h}, est_bytes=4 * (d * h + h * h) * 4,
              warmup=5, min_repeats=20, time_budget_s=budget)
         for b, d, h in sizes
     ]
-    isolate = args.isolate if args.isolate is not None else (device.type == "cpu"
-                                                             and not args.quick)
-    progress = None if args.silent else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    machine = machine_info(device)
-    print(machine_summary(machine))
-    results = run_cases(cases, device, isolate=isolate, progress=progress)
-    if hasattr(os, "getloadavg"):
-        machine["load_average_end"] = list(os.getloadavg())
-    rows, bars = [], []
+    results, machine = run_benchmark(cases, opts)
+    rows = []
     for res in results:
         row = {"case": res["group"], "status": res["status"], **res["params"]}
         if res["status"] == "ok":
@@ -109,11 +90,6 @@ def run(args: argparse.Namespace) -> int:
                 row[f"{name}_min_s"] = t[name]["min_s"]
                 row[f"{name}_overhead"] = t[name]["median_s"] / base - 1.0
                 row[f"{name}_overhead_min"] = t[name]["min_s"] / base_min - 1.0
-            if (row["batch"], row["d"], row["hidden"]) == FULL_CASES[0]:
-                bars.append({"case": row["case"], "need_overhead_at_most": BAR_OVERHEAD,
-                             "overhead": row["ours_overhead"],
-                             "overhead_from_min": row["ours_overhead_min"],
-                             "met": row["ours_overhead"] <= BAR_OVERHEAD})
         else:
             row["reason"] = res.get("reason", "")
         rows.append(row)
@@ -129,16 +105,12 @@ def run(args: argparse.Namespace) -> int:
         columns += [(name, sec(f"{name}_median_s")), (f"{name} ovh", pct(f"{name}_overhead")),
                     (f"{name} ovh (min)", pct(f"{name}_overhead_min"))]
     print(format_table(rows, columns))
-    for bar in bars:
-        print(f"bar {bar['case']}: GRL overhead {100 * bar['overhead']:+.1f}% (min-based "
-              f"{100 * bar['overhead_from_min']:+.1f}%), need <= {100 * BAR_OVERHEAD:g}%: "
-              f"{'met' if bar['met'] else 'NOT met'}")
     out = Path(args.out if args.out is not None else f"bench-results/grl_{device.type}")
     payload = {"benchmark": "grl", "machine": machine,
                "config": {"device": str(device), "dtype": "float32", "quick": bool(args.quick),
-                          "isolate": isolate, "time_budget_s": budget,
+                          "isolate": opts.isolate, "time_budget_s": budget,
                           "cases": [list(c) for c in sizes]},
-               "summary": rows, "bars": bars, "results": results}
+               "summary": rows, "results": results}
     json_path = write_json(out / "grl.json", payload)
     ok_rows = [r for r in rows if r["status"] == "ok"]
     panels = [{"title": "MLP step (forward+backward) with each layer, float32 (median)",

@@ -4,7 +4,7 @@ Two kinds of cases, all forward + backward (``torch.autograd.grad`` of the loss 
 batches), float32, unbiased estimator, default bank (``GaussianKernels()``: α = 2^-3 … 2^1):
 
 * **Comparison** at ``n = m = b`` per domain and feature size ``d``: ours (:func:`dapkernels.mmd`)
-  vs the naive baselines of :mod:`dapkernels.train.baselines` — (a) ``tll``
+  vs the naive baselines of :mod:`dapkernels.baselines` — (a) ``tll``
   (Transfer-Learning-Library pattern), (b) ``deepda`` (DeepDA pattern), (c) ``torch`` (plain
   torch with GEMM distances) — on the same inputs, in one process, timed in interleaved
   rounds.  A baseline whose estimated memory exceeds the budget is skipped and the table says
@@ -19,7 +19,7 @@ batches), float32, unbiased estimator, default bank (``GaussianKernels()``: α =
   other into the same buffer, and the reference is the total time of all blocks.
 
 Peak memory is the growth during one steady-state call beyond the inputs (see
-:mod:`dapkernels.bench.common`); it includes the returned gradients (``grad_bytes`` = N·d·4 is
+:mod:`dapkernels.bench.runner`); it includes the returned gradients (``grad_bytes`` = N·d·4 is
 reported next to it).
 """
 
@@ -27,32 +27,20 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 
 from .. import backends
+from ..baselines import naive_mmd
 from ..functional import mmd
 from ..kernels import GaussianKernels
-from ..train.baselines import naive_mmd
-from .common import (
-    Case,
-    GiB,
-    MiB,
-    available_memory_bytes,
-    format_bytes,
-    format_seconds,
-    format_table,
-    machine_info,
-    machine_summary,
-    run_cases,
-    skipped_result,
-    write_bar_chart,
-    write_json,
-)
+from .memory import GiB, MiB, available_memory_bytes
+from .options import run_options
+from .plots import write_bar_chart
+from .report import format_bytes, format_seconds, format_table, write_json
+from .runner import Case, run_benchmark, run_cases, skipped_result
 
 __all__ = [
     "IMPLS",
@@ -65,7 +53,6 @@ __all__ = [
     "estimate_bytes",
     "build_cases",
     "summarize",
-    "evaluate_bars",
     "report",
     "quick_mmd_comparison",
     "add_arguments",
@@ -184,7 +171,7 @@ def build_cases(
     the others become ``"skipped"`` entries.  Then one reference case per ``(N, d)``.
 
     Returns:
-        ``(cases, skipped)``: a list of :class:`~dapkernels.bench.common.Case` and a list of
+        ``(cases, skipped)``: a list of :class:`~dapkernels.bench.runner.Case` and a list of
         result dicts.
     """
     if mem_budget_bytes is None:
@@ -269,56 +256,6 @@ def summarize(results: Sequence[dict]) -> dict:
     return {"comparison": rows, "gemm_ref": ref}
 
 
-def evaluate_bars(summary: dict, device_type: str = "cpu") -> list:
-    """The performance bars this run measured: issue 2 on CPU, issue 4 on CUDA.
-
-    Returns:
-        ``[{"bar", "value", "value_min", "met"}]``: ``value`` from medians (what ``met``
-        judges), ``value_min`` from minima where it applies, ``met`` None when not measured.
-    """
-    comp = {(r["b"], r["d"]): r for r in summary["comparison"]}
-    ref = {(r["N"], r["d"]): r for r in summary["gemm_ref"]}
-    bars = []
-
-    def add(name: str, value: float | None, met: bool | None, value_min: float | None = None
-            ) -> None:
-        bars.append({"bar": name, "value": value, "value_min": value_min, "met": met})
-
-    def speedup(b: int, impl: str, need: float) -> None:
-        row = comp.get((b, 256))
-        if row is not None:
-            v = row.get(f"speedup_{impl}")
-            add(f"b={b}+{b} d=256: ours >= {need:g}x faster than {IMPL_LABELS[impl]}", v,
-                None if v is None else v >= need, row.get(f"speedup_min_{impl}"))
-
-    def ref_ratio(n_total: int, need: float) -> dict | None:
-        row = ref.get((n_total, 256))
-        if row is not None:
-            v = row["ratio"]
-            add(f"N={n_total} d=256: ours <= {need:g}x GEMM reference time", v,
-                None if v is None else v <= need, row["ratio_min"])
-        return row
-
-    speedup(32, "tll", 10.0)
-    if device_type == "cuda":
-        ref_ratio(65536, 1.0)
-        return bars
-    speedup(32, "torch", 5.0)
-    speedup(512, "torch", 3.0)
-    speedup(2048, "torch", 5.0)
-    row = ref_ratio(16384, 0.9)
-    if row is not None:
-        mem = row["peak_mem_bytes"]
-        extra = None if mem is None else mem - row["grad_bytes"]
-        add("N=16384 d=256: peak growth beyond gradient <= 64 MiB",
-            None if extra is None else extra / MiB, None if extra is None else extra <= 64 * MiB)
-    row = ref.get((65536, 64))
-    if row is not None:
-        done = {"ok": True, "failed": False}.get(row["status"])  # skipped: not measured
-        add("N=65536 d=64 completes", row["ours_s"], done)
-    return bars
-
-
 def _speedup_cell(row: dict, impl: str) -> str:
     v, v_min = row.get(f"speedup_{impl}"), row.get(f"speedup_min_{impl}")
     if v is not None:
@@ -327,8 +264,8 @@ def _speedup_cell(row: dict, impl: str) -> str:
     return "skipped" if note.startswith("skipped") else ("failed" if note else "-")
 
 
-def report(summary: dict, bars: Sequence[dict]) -> str:
-    """The printed report: comparison table, GEMM reference table, skip notes, bars."""
+def report(summary: dict) -> str:
+    """The printed report: comparison table, GEMM reference table, skip notes."""
     cols: list = [("b/domain", "b"), ("d", "d")]
     for impl in IMPLS:
         cols.append((f"{IMPL_LABELS[impl]} time",
@@ -358,14 +295,6 @@ def report(summary: dict, bars: Sequence[dict]) -> str:
         ]
         parts += ["", "Ours vs the GEMM reference time (same Z, same process)",
                   format_table(summary["gemm_ref"], fcols)]
-    if bars:
-        parts += ["", "Bars"]
-        for bar in bars:
-            mark = {True: "MET", False: "NOT MET", None: "n/a"}[bar["met"]]
-            value = "-" if bar["value"] is None else f"{bar['value']:.3g}"
-            if bar["value_min"] is not None:
-                value += f"; from minima {bar['value_min']:.3g}"
-            parts.append(f"  [{mark}] {bar['bar']} (measured {value})")
     return "\n".join(parts)
 
 
@@ -433,7 +362,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Runs ``bench mmd`` from parsed arguments: prints the report, writes JSON and PNG."""
-    device = torch.device(args.device)
+    opts = run_options(args)
+    device = opts.device
     sizes = args.sizes or (QUICK_SIZES if args.quick else FULL_SIZES)
     dims = args.dims or (QUICK_DIMS if args.quick else FULL_DIMS)
     if args.ref_cases is None:
@@ -444,27 +374,13 @@ def run(args: argparse.Namespace) -> int:
     impls = [i for i in IMPLS if i in args.impls]
     if "ours" not in impls:
         impls.insert(0, "ours")
-    budget = args.time_budget if args.time_budget is not None else (0.3 if args.quick else 2.0)
-    if args.mem_budget_gib is not None:
-        mem_budget = int(args.mem_budget_gib * GiB)
-    else:
-        mem_budget = available_memory_bytes(device) // 2
-    cases, skipped = build_cases(device, sizes, dims, ref_cases, impls, time_budget_s=budget,
-                                 mem_budget_bytes=mem_budget)
-    progress = None if args.silent else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    machine = machine_info(device)
-    print(machine_summary(machine))
-    isolate = args.isolate
-    if isolate is None:  # quick runs stay in process (seconds); full CPU runs isolate each case
-        isolate = device.type == "cpu" and not args.quick
-    results = run_cases(cases, device, isolate=isolate, mem_budget_bytes=mem_budget,
-                        progress=progress)
+    cases, skipped = build_cases(device, sizes, dims, ref_cases, impls,
+                                 time_budget_s=opts.time_budget_s,
+                                 mem_budget_bytes=opts.mem_budget_bytes)
+    results, machine = run_benchmark(cases, opts)
     results = skipped + results
-    if hasattr(os, "getloadavg"):
-        machine["load_average_end"] = list(os.getloadavg())
     summary = summarize(results)
-    bars = evaluate_bars(summary, device.type)
-    print(report(summary, bars))
+    print(report(summary))
     out = Path(args.out if args.out is not None else f"bench-results/mmd_{device.type}")
     payload = {
         "benchmark": "mmd",
@@ -472,10 +388,10 @@ def run(args: argparse.Namespace) -> int:
         "config": {"device": str(device), "dtype": "float32", "estimator": _ESTIMATOR,
                    "kernels": {"alphas": list(GaussianKernels().alphas)},
                    "ours_backend": backends.resolve(None, device), "quick": bool(args.quick),
-                   "isolate": isolate, "time_budget_s": budget, "sizes": list(sizes),
+                   "isolate": opts.isolate, "time_budget_s": opts.time_budget_s,
+                   "sizes": list(sizes),
                    "dims": list(dims), "ref_cases": [list(c) for c in ref_cases]},
         "summary": summary,
-        "bars": bars,
         "results": results,
     }
     json_path = write_json(out / "mmd.json", _finite(payload))

@@ -13,6 +13,16 @@ from collections.abc import Callable
 
 import torch
 
+from .._torch_private import functorch_active, unwrap_if_dead
+
+__all__ = ["mul_grad", "scale_grad", "direct_apply"]
+
+
+def mul_grad(grad: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
+    """``grad_out · grad`` as a new tensor (the custom ops' backward: no aliasing of a saved
+    output)."""
+    return grad_out.to(grad.dtype) * grad
+
 
 def scale_grad(grad: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
     """``grad · grad_out`` for a stored gradient and the 0-dim incoming gradient.
@@ -36,16 +46,15 @@ def direct_apply(function: type[torch.autograd.Function]) -> Callable[..., torch
     and unwraps dead functorch wrappers before calling the C-level ``apply``.  The returned
     callable does the same checks inline (the fused ops' ``forward`` has no defaults) and calls
     the C-level ``apply`` directly; under a functorch transform, or on a torch that lacks
-    these internals, it defers to ``function.apply``.
+    these internals (``dapkernels._torch_private``), it defers to ``function.apply``.
     """
-    unwrap = getattr(torch._C._functorch, "unwrap_if_dead", None)
-    active = getattr(torch._C, "_are_functorch_transforms_active", None)
-    if unwrap is None or active is None:
+    unwrap = unwrap_if_dead
+    if unwrap is None:
         return function.apply
     c_apply = super(torch.autograd.Function, function).apply
 
     def apply(*args):
-        if active():
+        if functorch_active():
             return function.apply(*args)
         return c_apply(*[unwrap(a) if isinstance(a, torch.Tensor) else a for a in args])
 

@@ -1,5 +1,7 @@
 """The CORAL op: one backend call gives the Deep CORAL value and its gradient.
 
+Both paths and their gradients: docs/design.md §CORAL.
+
 ``L = ‖C_s − C_t‖_F² / (4d²)``, ``C = X̃ᵀX̃/(n − 1)``.  The backend computes ∂L/∂X_s and
 ∂L/∂X_t in the same call as L (formulas: ``backends.reference.coral_formula``); backward only
 multiplies them by ``grad_output``.
@@ -16,7 +18,6 @@ second derivatives are exact; otherwise backward only scales the stored gradient
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from types import ModuleType
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -24,37 +25,39 @@ from torch.autograd.function import once_differentiable
 from .. import backends
 from .._validation import check_finite
 from ..backends import reference
-from ._autograd import direct_apply, scale_grad
+from ._autograd import direct_apply, mul_grad, scale_grad
+
+__all__ = ["coral_fused", "coral_fused_op", "coral_fused_backward", "coral_path", "coral_log"]
 
 
-def _module(backend: str) -> ModuleType:
-    mod = backends.get(backend)
-    # A device backend without a CORAL kernel runs the torch formula on its own device.
-    return mod if hasattr(mod, "coral_sweep") else reference
-
-
-def _sweep(xs: torch.Tensor, xt: torch.Tensor, need_grad: bool, backend: str) -> tuple:
-    if backend == "cpu":
-        return _module(backend).coral_sweep(xs, xt, need_grad)
-    return _module(backend).coral_sweep(xs, xt, need_grad, _path(xs, xt))
-
-
-def _path(xs: torch.Tensor, xt: torch.Tensor) -> str:
+def coral_path(xs: torch.Tensor, xt: torch.Tensor) -> str:
     """The Gram formula when it is cheaper, so d×d is never built for n ≪ d."""
     return "gram" if xs.shape[0] + xt.shape[0] < xs.shape[1] else "cov"
 
 
-def _mul(grad: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
-    return grad_out.to(grad.dtype) * grad
+def _coral_forward(xs: torch.Tensor, xt: torch.Tensor, need_grad: bool, backend: str,
+                   out_dtype: torch.dtype) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """``(L as a 0-dim out_dtype tensor on the inputs' device, unscaled gradients)`` from the
+    backend's ``coral_loss`` if it has one, else from its ``coral_sweep``
+    (docs/design.md §Backend contract)."""
+    if backend == "cpu":  # lean path: the C++ core picks the path; a float, one tensor creation
+        value, grads = backends.get("cpu").coral_sweep(xs, xt, need_grad)
+        return torch.scalar_tensor(value, dtype=out_dtype), grads
+    module = backends.get(backend)
+    loss = getattr(module, "coral_loss", None)
+    if loss is not None:  # the value in out_dtype straight from the kernel
+        return loss(xs, xt, need_grad, coral_path(xs, xt), out_dtype)
+    value, grads = module.coral_sweep(xs, xt, need_grad, coral_path(xs, xt))
+    return value.to(device=xs.device, dtype=out_dtype), grads
 
 
-def input_grads(
+def coral_fused_backward(
     saved: Sequence[torch.Tensor],
     grad_out: torch.Tensor,
     needs: Sequence[bool],
-    scale: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = _mul,
+    scale: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = mul_grad,
 ) -> tuple:
-    """Backward of the CORAL op, shared by the eager Function and the custom op.
+    """The backward of the CORAL op: the eager Function and the custom op both call it.
 
     Args:
         saved: ``(gs, gt, xs, xt)`` (the stored gradients, then the inputs), or ``(xs, xt)``
@@ -74,51 +77,44 @@ def input_grads(
     gs, gt, xs, xt = saved
     if torch.is_grad_enabled():
         go = grad_out.to(torch.float64)
-        es, et = reference.coral_grad_formula(xs, xt, _path(xs, xt))
+        es, et = reference.coral_grad_formula(xs, xt, coral_path(xs, xt))
         gs, gt = (es * go).to(xs.dtype), (et * go).to(xt.dtype)
     else:
         gs, gt = scale(gs, grad_out), scale(gt, grad_out)
     return gs if needs[0] else None, gt if needs[1] else None
 
 
-class _CoralFunction(torch.autograd.Function):
-    """Eager path: forward runs the sweep, backward scales the stored gradients."""
+class _CORALFusedFunction(torch.autograd.Function):
+    """Eager path: forward runs the backend, backward scales the stored gradients."""
 
     @staticmethod
     def forward(ctx, backend, out_dtype, xs, xt):
         need_grad = ctx.needs_input_grad[2] or ctx.needs_input_grad[3]
-        if backend == "cpu":  # lean path: a float from C++, one tensor creation
-            value, grads = _module(backend).coral_sweep_float(xs, xt, need_grad)
-            ctx.save_for_backward(*grads, xs, xt)
-            return torch.scalar_tensor(value, dtype=out_dtype)
-        module = _module(backend)
-        if hasattr(module, "coral_loss"):  # the value in out_dtype straight from the kernel
-            value, grads = module.coral_loss(xs, xt, need_grad, _path(xs, xt), out_dtype)
-        else:
-            value, grads = _sweep(xs, xt, need_grad, backend)
+        value, grads = _coral_forward(xs, xt, need_grad, backend, out_dtype)
         ctx.save_for_backward(*grads, xs, xt)
-        return value.to(device=xs.device, dtype=out_dtype)
+        return value
 
     @staticmethod
     def backward(ctx, grad_out):
-        gs, gt = input_grads(ctx.saved_tensors, grad_out, ctx.needs_input_grad[2:], scale_grad)
+        gs, gt = coral_fused_backward(ctx.saved_tensors, grad_out, ctx.needs_input_grad[2:],
+                                      scale_grad)
         return None, None, gs, gt
 
 
-_apply = direct_apply(_CoralFunction)
+_apply = direct_apply(_CORALFusedFunction)
 
 
 @torch.library.custom_op("dapkernels::coral_fused", mutates_args=())
-def coral_fused(
+def coral_fused_op(
     xs: torch.Tensor, xt: torch.Tensor, need_grad: bool, backend: str
 ) -> list[torch.Tensor]:
     """Compiled path: ``[value (float64, 0-dim), grad_s, grad_t]`` (grads only when asked)."""
-    value, grads = _sweep(xs, xt, need_grad, backend)
+    value, grads = _coral_forward(xs, xt, need_grad, backend, torch.float64)
     return [value.to(xs.device)] + [g.contiguous() for g in grads]
 
 
-@coral_fused.register_fake
-def _(xs, xt, need_grad, backend):
+@coral_fused_op.register_fake
+def _coral_fused_op_fake(xs, xt, need_grad, backend):
     value = xs.new_empty((), dtype=torch.float64)
     # the real op returns contiguous gradients whatever the inputs' layout (not empty_like,
     # which would copy a transposed input's strides)
@@ -127,25 +123,26 @@ def _(xs, xt, need_grad, backend):
     return [value] + [torch.empty(x.shape, dtype=x.dtype, device=x.device) for x in (xs, xt)]
 
 
-def _setup_context(ctx, inputs, output):
+def _coral_fused_op_setup_context(ctx, inputs, output):
     ctx.save_for_backward(*output[1:], inputs[0], inputs[1])
 
 
-def _backward(ctx, grad_outputs):
-    gs, gt = input_grads(ctx.saved_tensors, grad_outputs[0], (True, True))
+def _coral_fused_op_backward(ctx, grad_outputs):
+    gs, gt = coral_fused_backward(ctx.saved_tensors, grad_outputs[0], (True, True))
     return gs, gt, None, None
 
 
-coral_fused.register_autograd(_backward, setup_context=_setup_context)
+coral_fused_op.register_autograd(_coral_fused_op_backward,
+                                 setup_context=_coral_fused_op_setup_context)
 
 
-def fused_coral(
+def coral_fused(
     xs: torch.Tensor, xt: torch.Tensor, backend: str, out_dtype: torch.dtype
 ) -> torch.Tensor:
     """``L`` as a 0-dim tensor of ``out_dtype``, differentiable w.r.t. ``xs`` and ``xt``."""
     if torch.compiler.is_compiling():
         need_grad = torch.is_grad_enabled() and (xs.requires_grad or xt.requires_grad)
-        return coral_fused(xs, xt, need_grad, backend)[0].to(out_dtype)
+        return coral_fused_op(xs, xt, need_grad, backend)[0].to(out_dtype)
     return _apply(backend, out_dtype, xs, xt)
 
 
@@ -191,7 +188,7 @@ class _SymLog(torch.autograd.Function):
         return vec @ (loewner * (vec.mT @ sym @ vec)) @ vec.mT, None
 
 
-def log_coral(
+def coral_log(
     xs: torch.Tensor, xt: torch.Tensor, eps: float, out_dtype: torch.dtype
 ) -> torch.Tensor:
     """``‖log C_s − log C_t‖_F² / (4d²)`` evaluated in float64 (always the d×d path, O(d³)).

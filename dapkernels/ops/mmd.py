@@ -1,5 +1,7 @@
 """The fused MMD / JMMD op: one sweep over the concatenated batch gives the loss and its gradient.
 
+Formulas and the bandwidth convention: docs/design.md §MMD; names: §Layers and naming.
+
 ``L = w_ss S_ss + 2 w_st S_st + w_tt S_tt + c`` where ``S_ab`` are the block sums of the
 (joint) kernel; the backend computes the unscaled gradient ∂L/∂Z in the same sweep and the
 backward pass only multiplies it by ``grad_output``.
@@ -22,8 +24,11 @@ import torch
 
 from .. import backends
 from .._validation import check_finite
-from ..backends import reference
-from ._autograd import direct_apply, scale_grad
+from ..backends.reference import mean_sq_distance, mmd_grad_formula
+from ._autograd import direct_apply, mul_grad, scale_grad
+
+__all__ = ["mmd_fused", "mmd_fused_compiled", "mmd_fused_op", "mmd_fused_backward",
+           "mmd_estimator_weights", "mmd_linear"]
 
 
 @functools.lru_cache(maxsize=64)
@@ -49,7 +54,9 @@ def _value(sums, weights: Sequence[float], const: float, dtype: torch.dtype) -> 
     return value.to(dtype)
 
 
-def _sweep(sources, targets, factors, relative, weights, const, need_grad, backend, dtype):
+def _mmd_forward(sources, targets, factors, relative, weights, const, need_grad, backend, dtype):
+    """``(L as a 0-dim dtype tensor, unscaled gradients)`` from the backend's ``mmd_loss`` if
+    it has one, else from its ``mmd_sweep`` block sums (docs/design.md §Backend contract)."""
     module = backends.get(backend)
     loss = getattr(module, "mmd_loss", None)
     if loss is not None:  # the backend forms the value itself (triton: inside the kernel)
@@ -58,19 +65,15 @@ def _sweep(sources, targets, factors, relative, weights, const, need_grad, backe
     return _value(sums, weights, const, dtype), grads
 
 
-def _mul(grad: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
-    return grad_out.to(grad.dtype) * grad
-
-
-def input_grads(
+def mmd_fused_backward(
     saved: Sequence[torch.Tensor],
     n: int,
     bank: tuple,
     grad_out: torch.Tensor,
     needs: Sequence[bool],
-    scale: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = _mul,
+    scale: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = mul_grad,
 ) -> tuple[list, list]:
-    """Backward of the fused op, shared by the eager Function and the custom op.
+    """The backward of the fused op: the eager Function and the custom op both call it.
 
     Args:
         saved: ``(*grads, *sources, *targets)``: the L stored gradients (N, d_l) (none when the
@@ -86,6 +89,7 @@ def input_grads(
         gradient scaled by ``grad_out``, or, when the backward is being recorded
         (``create_graph=True``), ``grad_out · ∂L/∂z_l`` recomputed differentiably from the
         inputs by :func:`~dapkernels.backends.reference.mmd_grad_formula` (dense, float64).
+        The formula: docs/design.md §MMD.
     """
     layers = len(needs) // 2
     inputs = saved[len(saved) - 2 * layers:]
@@ -93,7 +97,7 @@ def input_grads(
         return [None] * layers, [None] * layers
     if torch.is_grad_enabled():
         factors, relative, weights = bank
-        exact = reference.mmd_grad_formula(inputs[:layers], inputs[layers:], factors, relative,
+        exact = mmd_grad_formula(inputs[:layers], inputs[layers:], factors, relative,
                                            weights)
         go = grad_out.to(torch.float64)
         grads = [(g * go).to(x.dtype) for g, x in zip(exact, inputs[:layers])]
@@ -104,7 +108,7 @@ def input_grads(
     return src, tgt
 
 
-class _FusedMMDFunction(torch.autograd.Function):
+class _MMDFusedFunction(torch.autograd.Function):
     """Eager path: forward sweeps, backward scales the stored gradients.
 
     Arguments are one ``plan`` tuple (everything that is not a tensor, so argument parsing
@@ -115,7 +119,7 @@ class _FusedMMDFunction(torch.autograd.Function):
     def forward(ctx, plan, *tensors):
         n, factors, relative, weights, const, backend, out_dtype = plan
         layers = len(tensors) // 2
-        value, grads = _sweep(
+        value, grads = _mmd_forward(
             tensors[:layers], tensors[layers:], factors, relative, weights, const,
             any(ctx.needs_input_grad), backend, out_dtype,
         )
@@ -127,11 +131,11 @@ class _FusedMMDFunction(torch.autograd.Function):
     def backward(ctx, grad_out):
         saved = ctx.saved_tensors
         needs = ctx.needs_input_grad[1:]
-        src, tgt = input_grads(saved, ctx.n, ctx.bank, grad_out, needs, scale_grad)
+        src, tgt = mmd_fused_backward(saved, ctx.n, ctx.bank, grad_out, needs, scale_grad)
         return (None, *src, *tgt)
 
 
-_apply = direct_apply(_FusedMMDFunction)
+_apply = direct_apply(_MMDFusedFunction)
 
 
 def _split(flat: Sequence[float], counts: Sequence[int]) -> list[list[float]]:
@@ -142,7 +146,7 @@ def _split(flat: Sequence[float], counts: Sequence[int]) -> list[list[float]]:
     return out
 
 
-def estimator_weights(estimator: str, n: int, m: int, k0: float) -> tuple:
+def mmd_estimator_weights(estimator: str, n: int, m: int, k0: float) -> tuple:
     """``(w_ss, w_st, w_tt), c`` such that the estimate is ``Σ w·S + c`` (k0 = k(0)).
 
     ``"biased"``: ``(1/n², −1/(nm), 1/m²), 0``; ``"unbiased"``:
@@ -159,11 +163,11 @@ def _op_plan(sources, targets, counts, estimator) -> tuple:
     k0 = 1.0
     for c in counts:
         k0 *= c
-    return estimator_weights(estimator, sources[0].shape[0], targets[0].shape[0], k0)
+    return mmd_estimator_weights(estimator, sources[0].shape[0], targets[0].shape[0], k0)
 
 
 @torch.library.custom_op("dapkernels::mmd_fused", mutates_args=())
-def mmd_fused(
+def mmd_fused_op(
     sources: list[torch.Tensor],
     targets: list[torch.Tensor],
     factors: list[float],
@@ -181,15 +185,16 @@ def mmd_fused(
     specialised (one recompilation per batch size, or a failing guard).
     """
     weights, const = _op_plan(sources, targets, counts, estimator)
-    value, grads = _sweep(
+    value, grads = _mmd_forward(
         sources, targets, _split(factors, counts), relative, weights, const, need_grad,
         backend, torch.float64,
     )
     return [value.to(sources[0].device)] + [g.contiguous() for g in grads]
 
 
-@mmd_fused.register_fake
-def _(sources, targets, factors, counts, relative, estimator, need_grad, backend):
+@mmd_fused_op.register_fake
+def _mmd_fused_op_fake(sources, targets, factors, counts, relative, estimator, need_grad,
+                       backend):
     value = sources[0].new_empty((), dtype=torch.float64)
     if not need_grad:
         return [value]
@@ -197,7 +202,7 @@ def _(sources, targets, factors, counts, relative, estimator, need_grad, backend
                                   device=s.device) for s, t in zip(sources, targets)]
 
 
-def _setup_context(ctx, inputs, output):
+def _mmd_fused_op_setup_context(ctx, inputs, output):
     sources, targets, factors, counts, relative, estimator = inputs[:6]
     weights, _ = _op_plan(sources, targets, counts, estimator)
     ctx.n, ctx.layers = sources[0].shape[0], len(sources)
@@ -205,16 +210,17 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(*output[1:], *sources, *targets)
 
 
-def _backward(ctx, grad_outputs):
-    src, tgt = input_grads(ctx.saved_tensors, ctx.n, ctx.bank, grad_outputs[0],
+def _mmd_fused_op_backward(ctx, grad_outputs):
+    src, tgt = mmd_fused_backward(ctx.saved_tensors, ctx.n, ctx.bank, grad_outputs[0],
                            [True] * (2 * ctx.layers))
     return src, tgt, None, None, None, None, None, None
 
 
-mmd_fused.register_autograd(_backward, setup_context=_setup_context)
+mmd_fused_op.register_autograd(_mmd_fused_op_backward,
+                              setup_context=_mmd_fused_op_setup_context)
 
 
-def fused_mmd(
+def mmd_fused(
     sources: Sequence[torch.Tensor],
     targets: Sequence[torch.Tensor],
     factors: Sequence[Sequence[float]],
@@ -236,7 +242,7 @@ def fused_mmd(
     return _apply(plan, *sources, *targets)
 
 
-def compiled_mmd(
+def mmd_fused_compiled(
     sources: Sequence[torch.Tensor],
     targets: Sequence[torch.Tensor],
     factors: Sequence[Sequence[float]],
@@ -245,17 +251,17 @@ def compiled_mmd(
     backend: str,
     out_dtype: torch.dtype,
 ) -> torch.Tensor:
-    """:func:`fused_mmd` under ``torch.compile``: the ``dapkernels::mmd_fused`` custom op, which
+    """:func:`mmd_fused` under ``torch.compile``: the ``dapkernels::mmd_fused`` custom op, which
     takes the estimator by name (its weights are formed from the batch sizes at run time)."""
     need_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (*sources, *targets))
     flat = [float(f) for fs in factors for f in fs]
     counts = [len(fs) for fs in factors]
-    out = mmd_fused(list(sources), list(targets), flat, counts, list(relative), estimator,
+    out = mmd_fused_op(list(sources), list(targets), flat, counts, list(relative), estimator,
                     need_grad, backend)
     return out[0].to(out_dtype)
 
 
-def linear_mmd(
+def mmd_linear(
     sources: Sequence[torch.Tensor],
     targets: Sequence[torch.Tensor],
     factors: Sequence[Sequence[float]],
@@ -284,8 +290,6 @@ def linear_mmd(
         ValueError: non-finite features on CPU tensors (CUDA tensors are not checked: the
             check would synchronise with the host).
     """
-    from ..backends.reference import mean_sq_distance
-
     for l, (s, t) in enumerate(zip(sources, targets)):
         if s.device.type == "cpu":
             check_finite(s, f"source features (layer {l})")

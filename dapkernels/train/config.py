@@ -61,7 +61,7 @@ class TrainConfig:
         method: one of :data:`METHODS`.
         dataset: see :func:`dapkernels.train.datasets.load_dataset`.
         impl: ``"fused"`` (dapkernels losses) or ``"naive"`` (the baselines of
-            :mod:`dapkernels.train.baselines`); nothing else differs between the two.
+            :mod:`dapkernels.baselines`); nothing else differs between the two.
         epochs, iters_per_epoch: run length; an epoch is a fixed number of steps.
         batch_size: samples per domain per step.
         lr, lr_gamma, lr_decay: annealed rate ``lr · (1 + lr_gamma·step)^−lr_decay``.

@@ -2,7 +2,7 @@
 
 ``impl="fused"`` reverses gradients with :class:`dapkernels.WarmStartGradientReversal`;
 ``impl="naive"`` with :class:`CopyingWarmStartReversal` (the copying reversal of
-:mod:`dapkernels.train.baselines.grl` on the same schedule).  The discriminator
+:mod:`dapkernels.baselines.grl` on the same schedule).  The discriminator
 (:class:`dapkernels.DomainDiscriminator`) and the loss (:class:`dapkernels.DomainAdversarialLoss`)
 are the same in both, so only the reversal layer differs.
 """
@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 from .. import DomainAdversarialLoss, DomainDiscriminator, WarmStartGradientReversal
-from .baselines import naive_grad_reverse
+from ..baselines import naive_grad_reverse
+from .adaptation import Adaptation
 from .config import TrainConfig
-from .methods import Adaptation
 
 __all__ = ["DANNAdaptation", "CopyingWarmStartReversal"]
 

@@ -1,9 +1,9 @@
 """The adaptation losses of each method, in a fused (dapkernels) and a naive implementation.
 
-An :class:`Adaptation` maps the bottleneck features and logits of a source and a target batch
-to the transfer loss.  ``impl="naive"`` swaps in the baselines of
-:mod:`dapkernels.train.baselines` (Transfer-Learning-Library-pattern MK-MMD / JMMD, d×d
-CORAL, copying gradient reversal) and changes nothing else: same modules, same parameters,
+An :class:`~dapkernels.train.adaptation.Adaptation` maps the bottleneck features and logits of
+a source and a target batch to the transfer loss.  ``impl="naive"`` swaps in the baselines of
+:mod:`dapkernels.baselines` (Transfer-Learning-Library-pattern MK-MMD / JMMD, d×d CORAL,
+copying gradient reversal) and changes nothing else: same modules, same parameters,
 same random-number consumption, so a fused and a naive run with one seed follow the same
 trajectory up to floating-point rounding.
 """
@@ -11,46 +11,19 @@ trajectory up to floating-point rounding.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from .. import GaussianKernels, JMMDLoss, MMDLoss, coral
+from ..baselines import naive_coral, naive_jmmd, naive_mmd
 from ..kernels import DEFAULT_ALPHAS
-from .baselines import naive_coral, naive_jmmd, naive_mmd
+from .adaptation import Adaptation
 from .config import TrainConfig
+from .dann import DANNAdaptation
 
-__all__ = ["Adaptation", "build_adaptation", "JAN_SOFTMAX_SIGMA"]
+__all__ = ["build_adaptation", "JAN_SOFTMAX_SIGMA", "MMDAdaptation", "JMMDAdaptation",
+           "CORALAdaptation"]
 
 #: Fixed bandwidth of JAN's kernel on the softmax outputs (the JAN recipe).
 JAN_SOFTMAX_SIGMA = 0.92
-
-
-class Adaptation(nn.Module):
-    """Base class: no transfer loss (source-only).
-
-    Attributes:
-        needs_target: whether the step must forward a target batch.
-    """
-
-    needs_target = False
-
-    def forward(
-        self,
-        f_s: torch.Tensor,
-        f_t: torch.Tensor | None,
-        logits_s: torch.Tensor,
-        logits_t: torch.Tensor | None,
-    ) -> torch.Tensor:
-        return f_s.new_zeros(())
-
-    def after_step(self) -> None:
-        """Called once after every optimiser step (advances schedules)."""
-
-    def extra_state_dict(self) -> dict[str, object]:
-        """Non-parameter state to checkpoint (schedule counters)."""
-        return {}
-
-    def load_extra_state_dict(self, state: dict[str, object]) -> None:
-        """Restores :meth:`extra_state_dict`."""
 
 
 class MMDAdaptation(Adaptation):
@@ -119,6 +92,4 @@ def build_adaptation(config: TrainConfig, features_dim: int) -> Adaptation:
         return JMMDAdaptation(impl)
     if method == "coral":
         return CORALAdaptation(impl)
-    from .dann import DANNAdaptation
-
     return DANNAdaptation(config, features_dim)

@@ -1,5 +1,10 @@
 """Triton backend: fused GPU kernels with the contract of ``backends.reference``.
 
+Modules by job: ``mmd_kernels`` / ``coral_kernels`` (the kernels), ``configs`` (every launch
+configuration, also read by ``aot``), ``device`` (target table, precision, determinism),
+``mmd_caches`` (device tables), ``mmd`` / ``coral`` (routes and entry points); the routes:
+docs/design.md §Routes.
+
 Importing it raises ImportError when triton is missing, which ``backends.available`` turns
 into the reference fallback (with a warning) for CUDA tensors.  Under ``TRITON_INTERPRET=1``
 (set before this package is first imported) the same kernels run on CPU tensors.

@@ -20,15 +20,20 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
-#: torch dtype name → (input pointer, packed compute dtype, gradient pointer) as Triton types.
-#: float64 inputs are packed, computed and differentiated in float32 (see ``mmd.py``), so past
-#: ``prep_kernel`` they compile to the float32 kernels.
-DTYPES = {
-    "float32": ("fp32", "fp32", "fp32"),
-    "float64": ("fp64", "fp32", "fp32"),
-    "float16": ("fp16", "fp16", "fp16"),
-    "bfloat16": ("bf16", "bf16", "bf16"),
+import torch
+
+from . import configs as C
+
+__all__ = ["Job", "SHARED_LIMIT", "shipped_jobs", "subset_jobs", "compile_job", "run", "failed",
+           "main"]
+
+#: Triton pointer element type of each torch dtype.
+_TRITON_TYPES = {
+    torch.float32: "fp32", torch.float64: "fp64", torch.float16: "fp16", torch.bfloat16: "bf16",
 }
+#: input dtypes of every kernel, by name; the flash / wide / sweep / finish kernels read the
+#: packed buffer, which has no float64 form (``COMPUTE_DTYPE``), so they compile for these.
+DTYPES = ("float32", "float64", "float16", "bfloat16")
 SWEEP_DTYPES = ("float32", "float16", "bfloat16")
 
 
@@ -61,72 +66,70 @@ def shipped_jobs(archs: list[int]) -> list[Job]:
     """Every configuration the Triton backend can launch, for each target in ``archs``.
 
     Axes: input dtype, tl.dot precision, gradient or not, and per kernel its tile constexprs
-    (flash: width DP, from that target's ``FLASH_CONFIGS``; sweep: gradient group DG and
+    (flash: width DP, from that target's ``configs.FLASH_CONFIGS``; sweep: gradient group DG and
     layer mode; squaring or one exp per kernel).
     """
-    from .coral import coral_jobs
-    from .mmd import (
-        _FINISH_BLOCK_C,
-        _FINISH_BLOCK_R,
-        _PREP_BLOCK_C,
-        _PREP_BLOCK_R,
-        CONFIGS,
-        FLASH_CONFIGS,
-        MAX_GROUP,
-        NO_SMALL,
-        SMALL_BD,
-        SMALL_BN,
-        SMALL_STAGES,
-        SMALL_WARPS,
-        WIDE_CONFIGS,
-        WIDE_DG,
-    )
-
     jobs: list[Job] = []
     for arch in archs:
         for dtype in DTYPES:
-            jobs.append(Job("prep_kernel", dtype, (("BLOCK_R", _PREP_BLOCK_R),
-                                                   ("BLOCK_C", _PREP_BLOCK_C)), 4, 3, arch))
-        for dtype in DTYPES:  # small_kernel reads every input dtype in place
+            jobs.append(Job("mmd_prep_kernel", dtype, (("BLOCK_R", C.PREP_BLOCK_R),
+                                                   ("BLOCK_C", C.PREP_BLOCK_C)), 4, 3, arch))
+        for dtype in DTYPES:  # mmd_small_kernel reads every input dtype in place
             for prec in _precisions(dtype):
                 for grad, square, value in itertools.product((True, False), repeat=3):
-                    if (arch, grad, prec) not in NO_SMALL:
-                        jobs.append(Job("small_kernel", dtype, (
-                            ("BN", SMALL_BN), ("BD", SMALL_BD), ("SQUARE", square),
+                    if (arch, grad, prec) not in C.MMD_NO_SMALL:
+                        jobs.append(Job("mmd_small_kernel", dtype, (
+                            ("BN", C.SMALL_BN), ("BD", C.SMALL_BD), ("SQUARE", square),
                             ("HAS_GRAD", grad), ("OUT_VALUE", value), ("DOT_PREC", prec)),
-                            SMALL_WARPS, SMALL_STAGES, arch))
+                            C.SMALL_WARPS, C.SMALL_STAGES, arch))
         for dtype in SWEEP_DTYPES:
             half = dtype != "float32"
             for prec in _precisions(dtype):
                 x3 = prec == "tf32x3"
                 for grad in (True, False):
                     for square in (True, False):
-                        for (g, h, x, dp), cfg in FLASH_CONFIGS[arch].items():
+                        for (g, h, x, dp), cfg in C.FLASH_CONFIGS[arch].items():
                             if (g, h, x) != (grad, half, x3):
                                 continue
-                            jobs.append(Job("flash_kernel", dtype, (
+                            jobs.append(Job("mmd_flash_kernel", dtype, (
                                 ("B_M", cfg.B_M), ("B_N", cfg.B_N), ("DP", dp), ("SQUARE", square),
                                 ("HAS_GRAD", grad), ("DOT_PREC", prec)),
                                 cfg.num_warps, cfg.num_stages, arch))
-                    if grad:  # one layer with the gradient: wide_kernel, per bank kind
-                        cfg = WIDE_CONFIGS[arch][(half, x3)]
+                    if grad:  # one layer with the gradient: mmd_wide_kernel, per bank kind
+                        cfg = C.WIDE_CONFIGS[arch][(half, x3)]
                         for square in (True, False):
-                            jobs.append(Job("wide_kernel", dtype, (
+                            jobs.append(Job("mmd_wide_kernel", dtype, (
                                 ("B_M", cfg.B_M), ("B_N", cfg.B_N), ("BD", cfg.BD),
-                                ("DG", WIDE_DG), ("SQUARE", square), ("DOT_PREC", prec)),
+                                ("DG", C.WIDE_DG), ("SQUARE", square), ("DOT_PREC", prec)),
                                 cfg.num_warps, cfg.num_stages, arch))
-                    cfg = CONFIGS[arch][(grad, half, x3)]
-                    # sweep_kernel: JMMD, and one layer without the gradient
+                    cfg = C.CONFIGS[arch][(grad, half, x3)]
+                    # mmd_sweep_kernel: JMMD, and one layer without the gradient
                     for one_layer in (False, True) if not grad else (False,):
-                        groups = [g for g in (32, 64, 128) if cfg.BD <= g <= MAX_GROUP[x3]]
+                        groups = [g for g in (32, 64, 128) if cfg.BD <= g <= C.MAX_GROUP[x3]]
                         for dg in groups if grad else [cfg.BD]:
-                            jobs.append(Job("sweep_kernel", dtype, (
+                            jobs.append(Job("mmd_sweep_kernel", dtype, (
                                 ("B_M", cfg.B_M), ("B_N", cfg.B_N), ("BD", cfg.BD), ("DG", dg),
                                 ("HAS_GRAD", grad), ("ONE_LAYER", one_layer), ("DOT_PREC", prec)),
                                 cfg.num_warps, cfg.num_stages, arch))
-            jobs.append(Job("finish_kernel", dtype, (("BLOCK_R", _FINISH_BLOCK_R),
-                                                     ("BLOCK_C", _FINISH_BLOCK_C)), 4, 1, arch))
-        jobs += [Job(k, dt, c, w, st, arch) for k, dt, c, w, st in coral_jobs(arch)]
+            jobs.append(Job("mmd_finish_kernel", dtype, (("BLOCK_R", C.FINISH_BLOCK_R),
+                                                     ("BLOCK_C", C.FINISH_BLOCK_C)), 4, 1, arch))
+        jobs += _coral_jobs(arch)
+    return jobs
+
+
+def _coral_jobs(arch: int) -> list[Job]:
+    """The CORAL kernels' configurations for target ``arch`` (``configs.CORAL_*``)."""
+    jobs = []
+    base = (("BN", C.CORAL_MAX_ROWS), ("BD", C.CORAL_BD))
+    launch = (C.CORAL_WARPS, C.CORAL_STAGES, arch)
+    for dtype in DTYPES:
+        for prec in _precisions(dtype):
+            jobs.append(Job("coral_gram_kernel", dtype, base + (("DOT_PREC", prec),), *launch))
+            for grad in (True, False):
+                flags = base + (("HAS_GRAD", grad), ("DOT_PREC", prec))
+                jobs.append(Job("coral_grad_kernel", dtype, flags, *launch))
+                if (arch, grad, prec) not in C.CORAL_NO_SMALL:
+                    jobs.append(Job("coral_small_kernel", dtype, flags, *launch))
     return jobs
 
 
@@ -169,46 +172,50 @@ def _recorded_table() -> dict[tuple[int, str], tuple[int, int]]:
     return out
 
 
-def _signature(job: Job) -> dict[str, str]:
-    z_in, packed, grad = DTYPES[job.dtype]
-    const = {k: "constexpr" for k, _ in job.constexprs}
-    if job.kernel.startswith("coral_"):
-        from .coral import coral_signature
+#: Triton type of each pointer argument, by name, for kernels whose inputs have Triton type
+#: ``x``, packed into ``p`` (``COMPUTE_DTYPE``); the same name means the same buffer in every
+#: kernel.  Value pointers depend on the kernel (:func:`_value_type`).
+_POINTERS = {
+    **dict.fromkeys(("z_ptr", "s_ptr", "t_ptr", "xs_ptr", "xt_ptr", "gs_ptr", "gt_ptr",
+                     "grad_ptr"), "x"),
+    "zp_ptr": "p",
+    **dict.fromkeys(("sq_ptr", "bank_ptr", "acc_ptr", "rowsum_ptr", "g_ptr"), "fp32"),
+    **dict.fromkeys(("stats_ptr", "coef_ptr", "sums_ptr"), "fp64"),
+    **dict.fromkeys(("layer_ptr", "group_ptr"), "i32"),
+}
+#: scalar arguments passed as Python floats (every other scalar is an int).
+_FLOAT_SCALARS = frozenset({"w_ss", "w_st", "w_tt"})
 
-        return {**coral_signature(job.kernel, z_in), **const}
-    weights = {"w_ss": "fp32", "w_st": "fp32", "w_tt": "fp32"}
-    if job.kernel == "prep_kernel":
-        return {"z_ptr": "*" + z_in, "zp_ptr": "*" + packed, "sq_ptr": "*fp32",
-                "stats_ptr": "*fp64", "N": "i32", "d": "i32", "dpad": "i32", "stride_z": "i32",
-                "stride_p": "i32", "col_off": "i32", "rows_per_prog": "i32", **const}
-    if job.kernel == "small_kernel":
-        # reads and differentiates the inputs in their own dtype; the value is float32 for
-        # float32 / half inputs (the ops' output dtype), the block sums float64
-        out = "fp64" if z_in == "fp64" or not dict(job.constexprs)["OUT_VALUE"] else "fp32"
-        return {"s_ptr": "*" + z_in, "t_ptr": "*" + z_in, "bank_ptr": "*fp32",
-                "coef_ptr": "*fp64", "grad_ptr": "*" + z_in, "out_ptr": "*" + out, "N": "i32",
-                "n": "i32", "d": "i32", "stride_s": "i32", "stride_t": "i32", "q_count": "i32",
-                "relative": "i32", **weights, **const}
-    if job.kernel == "wide_kernel":
-        return {"zp_ptr": "*" + packed, "sq_ptr": "*fp32", "stats_ptr": "*fp64",
-                "bank_ptr": "*fp32", "acc_ptr": "*fp32", "rowsum_ptr": "*fp32",
-                "sums_ptr": "*fp64", "N": "i32", "n": "i32", "d": "i32", "dpad": "i32",
-                "stride_p": "i32", "q_count": "i32", "relative": "i32", **weights,
-                "cols_per_split": "i32", **const}
-    if job.kernel == "finish_kernel":
-        return {"zp_ptr": "*" + packed, "acc_ptr": "*fp32", "rowsum_ptr": "*fp32",
-                "stats_ptr": "*fp64", "bank_ptr": "*fp32", "grad_ptr": "*" + grad, "N": "i32",
-                "n": "i32", "d": "i32", "dpad": "i32", "stride_p": "i32", "relative": "i32",
-                **weights, **const}
-    if job.kernel == "flash_kernel":
-        return {"zp_ptr": "*" + packed, "sq_ptr": "*fp32", "stats_ptr": "*fp64",
-                "bank_ptr": "*fp32", "grad_ptr": "*" + grad, "sums_ptr": "*fp64", "N": "i32",
-                "n": "i32", "d": "i32", "stride_p": "i32", "q_count": "i32", "relative": "i32",
-                **weights, **const}
-    return {"zp_ptr": "*" + packed, "sq_ptr": "*fp32", "stats_ptr": "*fp64", "layer_ptr": "*i32",
-            "bank_ptr": "*fp32", "group_ptr": "*i32", "grad_ptr": "*" + grad, "sums_ptr": "*fp64",
-            "N": "i32", "n": "i32", "L": "i32", "stride_p": "i32", "stride_g": "i32",
-            **weights, **const}
+
+def _value_type(job: Job, x: str) -> str:
+    """Triton type of a kernel's value output: the ops' output dtype (float64 for float64
+    inputs, else float32) where the kernel writes the loss itself, float64 where it writes the
+    block sums or a float64 value."""
+    constexprs = dict(job.constexprs)
+    writes_loss = (job.kernel == "coral_small_kernel"
+                   or (job.kernel == "mmd_small_kernel" and constexprs["OUT_VALUE"]))
+    return "fp32" if writes_loss and x != "fp64" else "fp64"
+
+
+def _signature(job: Job) -> dict[str, str]:
+    """The kernel's arguments in order (``JITFunction.params``) with their Triton types:
+    ``constexpr`` where the kernel marks them so, pointers from :data:`_POINTERS`, scalars
+    ``fp32`` or ``i32``."""
+    x = _TRITON_TYPES[getattr(torch, job.dtype)]
+    types = {"x": x, "p": _TRITON_TYPES[C.COMPUTE_DTYPE[getattr(torch, job.dtype)]]}
+    sig = {}
+    for param in _kernel(job.kernel).params:
+        name = param.name
+        if param.is_constexpr:
+            sig[name] = "constexpr"
+        elif name in ("out_ptr", "value_ptr"):
+            sig[name] = "*" + _value_type(job, x)
+        elif name.endswith("_ptr"):
+            role = _POINTERS[name]
+            sig[name] = "*" + types.get(role, role)
+        else:
+            sig[name] = "fp32" if name in _FLOAT_SCALARS else "i32"
+    return sig
 
 
 def _kernel(name: str):
@@ -274,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, nargs="+", default=[80, 90])
     parser.add_argument("--subset", action="store_true", help="the test suite's subset")
-    parser.add_argument("--kernel", nargs="+", help="only these kernels (e.g. flash_kernel)")
+    parser.add_argument("--kernel", nargs="+", help="only these kernels (e.g. mmd_flash_kernel)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args(argv)
     jobs = subset_jobs() if args.subset else shipped_jobs(args.arch)

@@ -1,5 +1,6 @@
-"""Triton kernels of the CORAL Gram path (formulas: ``reference.coral_formula``), for
-n_s + n_t ≤ BN rows (BN = 64).
+"""Triton kernels of the CORAL Gram path, for n_s + n_t ≤ BN rows (BN = 64).
+
+Formulas: docs/design.md §CORAL; launch configurations: ``configs.py``.
 
 With ``X̃`` the per-domain column-centred rows of both batches stacked (N = n_s + n_t) and
 ``G = X̃ X̃ᵀ`` (N × N):
@@ -9,7 +10,7 @@ With ``X̃`` the per-domain column-centred rows of both batches stacked (N = n_s
 
 then each domain's gradient is centred (the adjoint of the centring).  Kernels:
 
-* ``coral_small_kernel`` (d ≤ SMALL_MAX_D on the host): one program does it all — the Gram
+* ``coral_small_kernel`` (d ≤ configs.CORAL_SMALL_MAX_D): one program does it all — the Gram
   over d-chunks, ``L`` and the gradient.  One launch, no memset: at DA batch sizes the host
   work around launches is the cost.
 * wider features, two launches that split the feature dimension over programs:
@@ -27,6 +28,8 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
+
+__all__ = ["coral_gram_kernel", "coral_small_kernel", "coral_grad_kernel"]
 
 
 @triton.jit

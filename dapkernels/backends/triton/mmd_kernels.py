@@ -1,27 +1,29 @@
-"""Triton kernels of the fused MMD / JMMD sweep (formulas: ``reference.mmd_sweep``).
+"""Triton kernels of the fused MMD / JMMD sweep (formulas: docs/design.md §MMD).
+
+Launch configurations: ``configs.py``; routes: docs/design.md §Routes.
 
 Three sweep kernels, picked by the host (``mmd.py``) per call:
 
-* ``small_kernel`` (one layer, N ≤ 64): one program does everything — the shifted Gram matrix
+* ``mmd_small_kernel`` (one layer, N ≤ 64): one program does everything — the shifted Gram matrix
   over d-chunks, distances, bandwidth, bank, block sums, the loss value and the gradient,
   reading the source and target rows in place.  One launch, no memset, no copy: at DA batch
   sizes the host work around the launches is the cost.
-* ``flash_kernel`` (one layer, d ≤ 256) after ``prep_kernel``: flash-attention structure.  A
+* ``mmd_flash_kernel`` (one layer, d ≤ 256) after ``mmd_prep_kernel``: flash-attention structure.  A
   program keeps its B_M rows ``Y_I`` (all d columns) in registers and streams column blocks
   ``Y_J`` once each: ``D = ‖y_I‖² + ‖y_J‖² − 2 Y_I Y_Jᵀ`` and ``acc += C_IJ Y_J`` reuse the same
   loaded ``Y_J`` tile, and the loop body has no inner loop, so Triton pipelines the loads.
-* ``wide_kernel`` (one layer with the gradient, d > 256) after ``prep_kernel``: each distance
-  tile once over all d, ``C′ Y_J`` added to a float32 accumulator in DG-column chunks;
-  ``finish_kernel`` then forms the gradient.
-* ``sweep_kernel`` (JMMD, or no gradient) after ``prep_kernel``: the general form below.
+* ``mmd_wide_kernel`` (one layer with the gradient, d > 256) after ``mmd_prep_kernel``: each
+  distance tile once over all d, ``C′ Y_J`` added to a float32 accumulator in DG-column chunks;
+  ``mmd_finish_kernel`` then forms the gradient.
+* ``mmd_sweep_kernel`` (JMMD, or no gradient) after ``mmd_prep_kernel``: the general form below.
 
-``prep_kernel`` (once per layer): shifts the rows by the first row, ``y_i = z_i − z_0``,
+``mmd_prep_kernel`` (once per layer): shifts the rows by the first row, ``y_i = z_i − z_0``,
   writes them into a packed, zero-padded (N, D_pad) buffer in the compute dtype, stores the
   squared row norms ``‖y_i‖²`` and atomically adds ``Σ_i y_i`` and ``Σ_i ‖y_i‖²`` (float64) for
   the bandwidth: ``Σ_ij ‖z_i − z_j‖² = 2N Σ_i ‖y_i‖² − 2 ‖Σ_i y_i‖²``.  Distances are
   shift-invariant; the shift keeps ``‖a‖² + ‖b‖² − 2 a·b`` from cancelling when the data sit
   far from the origin.
-* ``sweep_kernel``: flash-attention-style tiles.  A program owns a block of B_M rows ``I`` and
+* ``mmd_sweep_kernel``: flash-attention-style tiles.  A program owns a block of B_M rows ``I`` and
   walks over column blocks ``J``: ``D_IJ = ‖y_I‖² + ‖y_J‖² − 2 Y_I Y_Jᵀ`` (tl.dot over d-chunks),
   clamped at 0, the Gaussian bank in registers, the three block sums, and for the gradient
   ``C_IJ = W_IJ · Π_{l'≠l} K_l'(D) · K_l′(D)`` and ``acc += C_IJ Y_J`` (a second tl.dot), so
@@ -33,6 +35,10 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
+
+__all__ = ["mmd_prep_kernel", "mmd_small_kernel", "mmd_flash_kernel", "mmd_sweep_kernel",
+           "mmd_wide_kernel", "mmd_finish_kernel", "LAYER_FIELDS", "GROUP_FIELDS", "MAX_LAYERS",
+           "MAX_SQUARINGS"]
 
 #: ints per layer in the layer table.  Fields: packed column offset, padded width, true width,
 #: offset of the layer's statistics (Σ y, then Σ‖y‖²) in the float64 stats buffer, offset of
@@ -57,7 +63,7 @@ MAX_SQUARINGS: tl.constexpr = tl.constexpr(8)
 
 
 @triton.jit
-def prep_kernel(
+def mmd_prep_kernel(
     z_ptr, zp_ptr, sq_ptr, stats_ptr,
     N, d, dpad, stride_z, stride_p, col_off, rows_per_prog,
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
@@ -192,7 +198,7 @@ def _row_starts(s_ptr, t_ptr, rows, n, stride_s, stride_t):
 
 
 @triton.jit
-def small_kernel(
+def mmd_small_kernel(
     s_ptr, t_ptr, bank_ptr, coef_ptr, grad_ptr, out_ptr,
     N, n, d, stride_s, stride_t, q_count, relative, w_ss, w_st, w_tt,
     BN: tl.constexpr, BD: tl.constexpr, SQUARE: tl.constexpr, HAS_GRAD: tl.constexpr,
@@ -255,7 +261,7 @@ def small_kernel(
 
 
 @triton.jit
-def flash_kernel(
+def mmd_flash_kernel(
     zp_ptr, sq_ptr, stats_ptr, bank_ptr, grad_ptr, sums_ptr,
     N, n, d, stride_p, q_count, relative, w_ss, w_st, w_tt,
     B_M: tl.constexpr, B_N: tl.constexpr, DP: tl.constexpr, SQUARE: tl.constexpr,
@@ -339,7 +345,7 @@ def _row_block(N, n, stride_p, B_M: tl.constexpr):
 
 
 @triton.jit
-def sweep_kernel(
+def mmd_sweep_kernel(
     zp_ptr, sq_ptr, stats_ptr, layer_ptr, bank_ptr, group_ptr, grad_ptr, sums_ptr,
     N, n, L, stride_p, stride_g, w_ss, w_st, w_tt,
     B_M: tl.constexpr, B_N: tl.constexpr, BD: tl.constexpr, DG: tl.constexpr,
@@ -446,7 +452,7 @@ def sweep_kernel(
 
 
 @triton.jit
-def wide_kernel(
+def mmd_wide_kernel(
     zp_ptr, sq_ptr, stats_ptr, bank_ptr, acc_ptr, rowsum_ptr, sums_ptr,
     N, n, d, dpad, stride_p, q_count, relative, w_ss, w_st, w_tt, cols_per_split,
     B_M: tl.constexpr, B_N: tl.constexpr, BD: tl.constexpr, DG: tl.constexpr,
@@ -459,7 +465,7 @@ def wide_kernel(
     ``C' = C / s`` stay in registers while ``C' Y_J`` is added to the float32 accumulator
     ``acc[I, :]`` (N, dpad) one DG-column chunk at a time.  Row sums of C' go to ``rowsum``
     (N,), block sums to ``sums``; all three by atomic adds (several splits share rows I), into
-    buffers the caller zeroed.  ``finish_kernel`` then forms the gradient.  Unlike a column
+    buffers the caller zeroed.  ``mmd_finish_kernel`` then forms the gradient.  Unlike a column
     group per program, no tile's distances are computed twice, whatever d.  With several
     splits the float32 additions land in a run-dependent order: the gradient's last bits may
     differ between runs (as the float64 block sums of every multi-program kernel here).
@@ -506,12 +512,12 @@ def wide_kernel(
 
 
 @triton.jit
-def finish_kernel(
+def mmd_finish_kernel(
     zp_ptr, acc_ptr, rowsum_ptr, stats_ptr, bank_ptr, grad_ptr,
     N, n, d, dpad, stride_p, relative, w_ss, w_st, w_tt,
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """``grad[i, :d] = 4 s [rowsum(C')_i y_i − acc_i]`` after ``wide_kernel`` (grid over row
+    """``grad[i, :d] = 4 s [rowsum(C')_i y_i − acc_i]`` after ``mmd_wide_kernel`` (grid over row
     and column blocks).  ``grad`` may be ``acc`` itself: each element is read, then written, by
     the same thread."""
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)

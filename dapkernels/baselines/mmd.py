@@ -37,7 +37,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ...kernels import GaussianKernels
+from ..kernels import GaussianKernels
 
 __all__ = ["PATTERNS", "naive_mmd", "naive_jmmd", "deepda_kernels"]
 

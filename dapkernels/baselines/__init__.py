@@ -1,4 +1,6 @@
-"""Naive baselines that the reference trainers and benchmarks can swap in (``--impl naive``)."""
+"""Naive baselines: the MMD / CORAL / gradient-reversal code people copy today, written from the
+formulas.  The benchmarks time them against the fused ops and the reference trainers swap them
+in (``--impl naive``); see docs/design.md §Layers and naming."""
 
 from .coral import naive_coral
 from .grl import NaiveGradReverse, naive_grad_reverse

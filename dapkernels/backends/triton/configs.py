@@ -1,0 +1,185 @@
+"""Launch configurations of every Triton kernel: the one table the routes and the AOT tool read.
+
+The MMD hosts (``mmd.py``) and the CORAL host (``coral.py``) pick their tile sizes, warps and
+pipeline stages here; ``aot.py`` compiles exactly these configurations for sm_80 and sm_90.
+Every entry was chosen with ``python -m dapkernels.backends.triton.aot`` (registers, spills,
+shared memory; the committed record is ``benchmarks/results/aot_triton_cuda_sm80_sm90.txt``)
+as the widest tiles that compile for that target without spills and within its shared memory.
+Why the routes exist at all: docs/design.md §Routes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+
+from . import mmd_kernels
+
+__all__ = [
+    "COMPUTE_DTYPE", "TARGETS", "SweepConfig",
+    "PREP_BLOCK_R", "PREP_BLOCK_C", "PREP_MAX_PROGRAMS", "FINISH_BLOCK_R", "FINISH_BLOCK_C",
+    "MAX_LAYERS", "SMALL_BN", "SMALL_BD", "SMALL_WARPS", "SMALL_STAGES", "MMD_NO_SMALL",
+    "FLASH_MAX_D", "CONFIGS", "MAX_GROUP", "WIDE_CONFIGS", "WIDE_DG", "FLASH_CONFIGS",
+    "CORAL_MAX_ROWS", "CORAL_BD", "CORAL_WARPS", "CORAL_STAGES", "CORAL_MAX_PROGRAMS",
+    "CORAL_SMALL_MAX_D", "CORAL_NO_SMALL",
+    "sweep_config", "flash_config", "flash_width", "group_width",
+]
+
+# ---- MMD / JMMD (mmd_kernels.py) ------------------------------------------------------------
+
+#: compute dtype of the packed buffer and of the tile GEMMs, per input dtype.  float64 inputs
+#: are computed in float32 (the GPU kernels accumulate in float32 throughout) and their
+#: gradient is written in float32, then converted.
+COMPUTE_DTYPE = {
+    torch.float32: torch.float32,
+    torch.float64: torch.float32,
+    torch.float16: torch.float16,
+    torch.bfloat16: torch.bfloat16,
+}
+PREP_BLOCK_R = 64
+PREP_BLOCK_C = 32
+PREP_MAX_PROGRAMS = 1024
+MAX_LAYERS = mmd_kernels.MAX_LAYERS.value
+#: largest N of the one-program path (its Gram tile is SMALL_BN × SMALL_BN).
+SMALL_BN = 64
+SMALL_BD = 32
+SMALL_WARPS = 8
+#: two pipeline stages: three spilled for float64 inputs with the gradient on sm_80.
+SMALL_STAGES = 2
+#: (target, has_grad, tl.dot precision) where ``mmd_small_kernel`` spills on every tile / warp /
+#: stage choice tried (3×TF32 with the gradient on sm_80): those calls take the flash / sweep
+#: route instead.
+MMD_NO_SMALL = frozenset({(80, True, "tf32x3")})
+#: widest layer of the flash path: Y_I (B_M × 256) and the gradient stay in registers.
+FLASH_MAX_D = 256
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """One launch configuration of a sweep kernel (tile sizes, warps, pipeline stages).
+
+    ``BD`` is the d-chunk of ``mmd_sweep_kernel`` (unused by ``mmd_flash_kernel``, which takes
+    all d).
+    """
+
+    B_M: int
+    B_N: int
+    BD: int
+    num_warps: int
+    num_stages: int
+
+
+#: The tables below are per target: ``80`` (compute capability < 9: sm_80 and the consumer
+#: Ampere / Ada parts, 163 KB of shared memory per block or less) and ``90`` (Hopper and newer,
+#: 227 KB).
+TARGETS = (80, 90)
+
+#: ``mmd_sweep_kernel`` configurations per target, key (has_grad, half precision, 3×TF32), and the
+#: widest gradient column group of JMMD per 3×TF32 flag.  3×TF32 splits each operand in
+#: two, hence smaller tiles and a single pipeline stage with the gradient.
+CONFIGS: dict[int, dict[tuple[bool, bool, bool], SweepConfig]] = {
+    target: {
+        (True, False, False): SweepConfig(B_M=64, B_N=64, BD=32, num_warps=8, num_stages=2),
+        (True, False, True): SweepConfig(B_M=64, B_N=32, BD=32, num_warps=8, num_stages=1),
+        (True, True, False): SweepConfig(B_M=64, B_N=64, BD=64, num_warps=8, num_stages=2),
+        (False, False, False): SweepConfig(B_M=128, B_N=64, BD=32, num_warps=8, num_stages=2),
+        (False, False, True): SweepConfig(B_M=64, B_N=32, BD=32, num_warps=8, num_stages=2),
+        (False, True, False): SweepConfig(B_M=128, B_N=64, BD=64, num_warps=8, num_stages=2),
+    }
+    for target in TARGETS
+}
+MAX_GROUP: dict[bool, int] = {False: 128, True: 32}  # key 3×TF32 (JMMD with the gradient)
+
+#: ``mmd_wide_kernel`` configurations per target, key (half precision, 3×TF32), and its gradient
+#: chunk: one layer with the gradient where no flash configuration applies.
+WIDE_CONFIGS: dict[int, dict[tuple[bool, bool], SweepConfig]] = {
+    target: {
+        (False, False): SweepConfig(B_M=64, B_N=64, BD=32, num_warps=8, num_stages=2),
+        (False, True): SweepConfig(B_M=64, B_N=32, BD=32, num_warps=8, num_stages=1),
+        (True, False): SweepConfig(B_M=64, B_N=64, BD=64, num_warps=8, num_stages=2),
+    }
+    for target in TARGETS
+}
+WIDE_DG = 64
+FINISH_BLOCK_R = 32
+FINISH_BLOCK_C = 64
+
+
+def _flash_table(entries: dict[tuple[bool, str], dict[int, tuple[int, int, int]]]) -> dict:
+    """``{(grad, half, x3, DP): SweepConfig}`` from ``{(grad, kind): {DP: (B_M, B_N, warps)}}``
+    with kind ``"tf32"``, ``"tf32x3"`` (float32) or ``"half"`` (float16 / bfloat16)."""
+    return {(g, kind == "half", kind == "tf32x3", dp): SweepConfig(bm, bn, dp, w, 2)
+            for (g, kind), per_dp in entries.items() for dp, (bm, bn, w) in per_dp.items()}
+
+
+#: ``mmd_flash_kernel`` configurations per target, key (has_grad, half precision, 3×TF32, DP).  A
+#: missing key routes the call to ``mmd_sweep_kernel``: where no tile shape tried kept ``Y_I`` (and
+#: with the gradient its accumulator) in registers next to the tiles without spilling — 3×TF32
+#: at d > 64 with the gradient or on sm_80, and at d > 128.  (On triton 3.6, 64 × 64 tiles on
+#: 8 warps spilled at d = 128 with the gradient on sm_80, hence 32-row tiles there.)
+FLASH_CONFIGS: dict[int, dict[tuple[bool, bool, bool, int], SweepConfig]] = {
+    80: _flash_table({
+        (True, "tf32"): {64: (32, 64, 4), 128: (32, 64, 4), 256: (32, 32, 8)},
+        (True, "tf32x3"): {64: (32, 32, 4)},
+        (True, "half"): {64: (64, 64, 8), 128: (32, 64, 4), 256: (32, 32, 4)},
+        (False, "tf32"): {64: (64, 64, 4), 128: (64, 64, 4), 256: (128, 32, 8)},
+        (False, "tf32x3"): {64: (32, 64, 4)},
+        (False, "half"): {64: (64, 64, 4), 128: (64, 64, 4), 256: (64, 32, 4)},
+    }),
+    90: _flash_table({
+        (True, "tf32"): {64: (64, 64, 8), 128: (32, 64, 4), 256: (32, 32, 8)},
+        (True, "tf32x3"): {64: (32, 32, 4)},
+        (True, "half"): {64: (64, 64, 8), 128: (32, 64, 4), 256: (32, 32, 4)},
+        (False, "tf32"): {64: (64, 64, 4), 128: (64, 64, 4), 256: (128, 32, 8)},
+        (False, "tf32x3"): {64: (64, 64, 8), 128: (64, 32, 8)},
+        (False, "half"): {64: (64, 64, 4), 128: (64, 64, 4), 256: (64, 32, 4)},
+    }),
+}
+
+
+def sweep_config(tgt: int, need_grad: bool, cdt: torch.dtype, prec: str) -> SweepConfig:
+    """``mmd_sweep_kernel`` configuration for a target, compute dtype and tl.dot precision."""
+    half = cdt != torch.float32
+    return CONFIGS[tgt][(need_grad, half, prec == "tf32x3" and not half)]
+
+
+def flash_config(tgt: int, need_grad: bool, cdt: torch.dtype, prec: str,
+                 dp: int) -> SweepConfig | None:
+    """``mmd_flash_kernel`` configuration for a target, compute dtype, tl.dot precision and width
+    DP, or None where no flash configuration compiles cleanly (the call takes the sweep)."""
+    half = cdt != torch.float32
+    return FLASH_CONFIGS[tgt].get((need_grad, half, prec == "tf32x3" and not half, dp))
+
+
+def flash_width(d: int) -> int:
+    """Packed row width of the flash path: a power of two ≥ 64 (tl.arange and tl.dot shapes)."""
+    return max(64, triton.next_power_of_2(d))
+
+
+def group_width(dpad_max: int, bd: int, prec: str) -> int:
+    """JMMD: columns of the gradient held in registers by one program, a power of two in
+    [BD, max]."""
+    return max(bd, min(MAX_GROUP[prec == "tf32x3"], triton.next_power_of_2(dpad_max)))
+
+
+# ---- CORAL (coral_kernels.py) ---------------------------------------------------------------
+
+#: most rows (n_s + n_t) of the Gram path: the N × N Gram tile lives in registers.  A 128-row
+#: tile spills on sm_80 and sm_90 even on 16 warps (``python -m dapkernels.backends.triton.aot``),
+#: so larger batches take ``reference.coral_formula``.
+CORAL_MAX_ROWS = 64
+CORAL_BD = 32
+#: warps and pipeline stages per program: the 64 × 64 Gram tile and its float32 product fit
+#: without spills (3 stages spill on sm_80 for float64 inputs).
+CORAL_WARPS = 8
+CORAL_STAGES = 1
+#: programs per kernel: the feature dimension is split into at most this many column ranges.
+CORAL_MAX_PROGRAMS = 128
+#: widest features of the one-program kernel.  Its two passes over 64 × d inputs run on one
+#: SM; past this width the two-kernel path spreads the columns over the GPU.
+CORAL_SMALL_MAX_D = 2048
+#: (target, has_grad, tl.dot precision) where ``coral_small_kernel`` spills (3×TF32 with the
+#: gradient on sm_80, for every warp / stage count tried): those calls take the two kernels.
+CORAL_NO_SMALL = frozenset({(80, True, "tf32x3")})
