@@ -83,7 +83,13 @@ def test_public_api_is_typed(name):
     """Every argument and return of the top-level API is annotated (the package ships
     ``py.typed``): functions, and the constructors and ``forward`` of classes."""
     obj = getattr(dapkernels, name)
-    targets = [obj] if not inspect.isclass(obj) else [
-        getattr(obj, m) for m in ("__init__", "forward") if m in vars(obj)]
+    members = [getattr(obj, n) for n in obj.__all__] if inspect.ismodule(obj) else [obj]
+    targets = []
+    for member in members:  # a public room (dk.metrics): everything in its __all__
+        if inspect.isclass(member):
+            targets += [getattr(member, m) for m in ("__init__", "forward", "update", "compute")
+                        if m in vars(member)]
+        elif callable(member):
+            targets.append(member)
     for target in targets:
         assert _untyped(target) == [], f"{name}.{getattr(target, '__name__', '')}"

@@ -23,6 +23,9 @@ import triton
 
 from . import quadratic_forms_kernels as K
 
+__all__ = ["quadratic_forms", "QFConfig", "CONFIGS", "pick_config", "config_class",
+           "shared_limit", "num_groups", "dot_precision"]
+
 
 @dataclass(frozen=True)
 class QFConfig:
