@@ -48,6 +48,7 @@ is plain torch on the features' device; the ``backend`` argument only selects th
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -63,7 +64,7 @@ __all__ = ["global_mmd", "estimator_weights", "CHUNK_ELEMENTS"]
 ESTIMATORS = ("biased", "unbiased", "linear")
 _BACKENDS = ("reference", "cpu", "triton")
 #: target size (elements) of one chunk × N block of the sweep
-CHUNK_ELEMENTS = 1 << 21
+CHUNK_ELEMENTS = 1 << 19
 
 
 def estimator_weights(estimator: str, n: int, m: int, k0: float) -> tuple:
@@ -259,79 +260,172 @@ def _bank(z_all: torch.Tensor, kernel: GaussianKernels) -> tuple[torch.Tensor, t
     return c, 0.5 / f
 
 
-def rows_vs_all(
-    cs: Sequence[torch.Tensor],
+def exp_plan(gammas: Sequence[float], dtype: torch.dtype) -> list[tuple[int, float]]:
+    """``[(squarings, γ), …]`` in ascending γ: a γ that is 2^k (k = 1…3) times the previous one
+    is obtained from the previous ``e^{−γD}`` by k squarings instead of an ``exp`` (the default
+    bank 2^-3 … 2^1 needs one ``exp``), while the chain stays short (relative error ×2 per
+    squaring: at most 5 in float32, 16 in float64)."""
+    depth_max = 5 if dtype != torch.float64 else 16
+    plan: list[tuple[int, float]] = []
+    depth = 0
+    for g in sorted(gammas):
+        k = 0
+        if plan:
+            ratio = g / plan[-1][1]
+            r = round(math.log2(ratio)) if ratio > 0 else 0
+            if 1 <= r <= 3 and abs(ratio - 2.0 ** r) <= 1e-12 * ratio and depth + r <= depth_max:
+                k = r
+        depth = depth + k if k else 0
+        plan.append((k, g))
+    return plan
+
+
+def rows_vs_cols(
+    rows: Sequence[torch.Tensor],
+    row_src: torch.Tensor,
+    cols: Sequence[torch.Tensor],
+    col_src: int,
     gams: Sequence[Sequence[float]],
-    rows: torch.Tensor,
-    n: int,
     weights: Sequence[float],
     need_grad: bool,
+    self_col: torch.Tensor | None = None,
     chunk: int | None = None,
 ) -> tuple[torch.Tensor, list]:
-    """The rows-vs-all sweep of one rank: partial block sums and the local rows' gradient.
+    """Rectangular sweep: every (row i, column j) pair once, with the gradient of the rows.
 
     Args:
-        cs: per layer, the (N, d_l) centred global rows (sources first), in the compute dtype.
+        rows: per layer, (r, d_l) centred rows (compute dtype), e.g. this rank's rows.
+        row_src: (r,) bool, whether each row is a source row.
+        cols: per layer, (M, d_l) centred columns (same centring), source columns first.
+        col_src: number of source columns.
         gams: per layer, γ_q = 1/(2σ_q²) as Python floats.
-        rows: (r,) int64 global indices of this rank's rows.
-        n: global source rows (rows ``< n`` of ``cs`` are source rows).
         weights: ``(w_ss, w_st, w_tt)``.
         need_grad: also return the gradient.
-        chunk: local rows per block (default: ``CHUNK_ELEMENTS // N``).
+        self_col: (r,) column index of each row itself (its distance is set to exactly 0), or
+            ``None`` when no column is a row.
+        chunk: rows per block (default: ``CHUNK_ELEMENTS // M``): O(chunk · M) memory.
 
     Returns:
-        ``partial``: float64 (3,) ``[P_ss, P_st + P_ts, P_tt]``, ``P_ab = Σ_{i local ∈ a}
-        Σ_{j ∈ b} k_ij`` (self pairs at distance exactly 0); ``grads``: per layer the (r, d_l)
-        ``∂L/∂z_l`` of the local rows for ``L = Σ_ij W_ij k_ij`` (compute dtype), or ``[]``.
+        ``partial``: float64 (3,) ``[P_ss, P_st + P_ts, P_tt]`` with ``P_ab = Σ_{i ∈ a} Σ_{j ∈ b}
+        k_ij`` over rows i and columns j; ``grads``: per layer the (r, d_l)
+        ``Σ_j 4 C^l_ij (c_i − c_j)``, ``C^l_ij = W_ij K_l′(D_l,ij) Π_{o≠l} K_o(D_o,ij)`` —
+        the gradient that the pairs (i, j) and (j, i) give row i in ``L = Σ W_ij k_ij`` — or
+        ``[]``.
     """
-    big_n = cs[0].shape[0]
-    dtype, device = cs[0].dtype, cs[0].device
-    sqs = [c.square().sum(dim=1) for c in cs]
+    big_m = cols[0].shape[0]
+    dtype, device = cols[0].dtype, cols[0].device
+    plans = [exp_plan(g, dtype) for g in gams]
+    sq_cols = [c.square().sum(dim=1) for c in cols]
+    sq_rows = [r.square().sum(dim=1) for r in rows]
     w_ss, w_st, w_tt = weights
     partial = torch.zeros(3, dtype=torch.float64, device=device)
-    grads = [c.new_empty((rows.numel(), c.shape[1])) for c in cs] if need_grad else []
-    step = chunk or max(16, CHUNK_ELEMENTS // max(big_n, 1))
-    for a in range(0, rows.numel(), step):
-        g = rows[a: a + step]
-        b = g.numel()
-        diag = (torch.arange(b, device=device), g)
+    grads = [c.new_zeros((rows[0].shape[0], c.shape[1])) for c in cols] if need_grad else []
+    step = chunk or max(8, CHUNK_ELEMENTS // max(big_m, 1))
+    ms = col_src
+    for a in range(0, rows[0].shape[0], step):
+        b = min(step, rows[0].shape[0] - a)
         values, slopes = [], []
-        for c, sq, gam in zip(cs, sqs, gams):
-            dist_ = torch.addmm(sq[None, :], c[g], c.T, alpha=-2.0).add_(sq[g][:, None])
-            dist_.clamp_min_(0.0)
-            dist_[diag] = 0.0
-            k = torch.zeros_like(dist_)
-            kp = torch.zeros_like(dist_) if need_grad else None
-            for gq in gam:
-                e = torch.exp(dist_ * (-gq))
-                k += e
-                if need_grad:
-                    kp.add_(e, alpha=-gq)
+        for r, c, sq, sqr, plan in zip(rows, cols, sq_cols, sq_rows, plans):
+            dist_ = torch.addmm(sq[None, :], r[a: a + b], c.T, alpha=-2.0)
+            dist_.add_(sqr[a: a + b, None]).clamp_(min=0.0)
+            if self_col is not None:
+                dist_[torch.arange(b, device=device), self_col[a: a + b]] = 0.0
+            k, kp = _bank_values(dist_, plan, need_grad)
             values.append(k)
             slopes.append(kp)
         kernel = values[0]
         for v in values[1:]:
             kernel = kernel * v
-        src = g < n
-        to_s = kernel[:, :n].sum(dim=1, dtype=torch.float64)
-        to_t = kernel[:, n:].sum(dim=1, dtype=torch.float64)
+        src = row_src[a: a + b]
+        to_s = kernel[:, :ms].sum(dim=1, dtype=torch.float64)
+        to_t = kernel[:, ms:].sum(dim=1, dtype=torch.float64)
         partial[0] += to_s[src].sum()
         partial[1] += to_t[src].sum() + to_s[~src].sum()
         partial[2] += to_t[~src].sum()
         if not need_grad:
             continue
         ones = torch.ones(b, dtype=dtype, device=device)
-        wa = torch.where(src, ones * w_ss, ones * w_st)[:, None]  # weight towards source cols
+        wa = torch.where(src, ones * w_ss, ones * w_st)[:, None]  # towards source columns
         wb = torch.where(src, ones * w_st, ones * w_tt)[:, None]  # towards target columns
-        for l, c in enumerate(cs):
+        for l, (r, c) in enumerate(zip(rows, cols)):
             coef = slopes[l]
             for o, v in enumerate(values):
                 if o != l:
                     coef = coef * v
-            coef[:, :n] *= wa
-            coef[:, n:] *= wb
-            grads[l][a: a + b] = 4.0 * (coef.sum(dim=1, keepdim=True) * c[g] - coef @ c)
+            # row i: 4 Σ_j W_ij C_ij (c_i − c_j), W_ij = wa_i (j source) or wb_i (j target)
+            ca, cb = coef[:, :ms], coef[:, ms:]
+            rs = wa * ca.sum(dim=1, keepdim=True) + wb * cb.sum(dim=1, keepdim=True)
+            g = rs * r[a: a + b]
+            if ms > 0:
+                g -= wa * (ca @ c[:ms])
+            if ms < big_m:
+                g -= wb * (cb @ c[ms:])
+            grads[l][a: a + b] = 4.0 * g
     return partial, grads
+
+
+def _bank_values(dist_: torch.Tensor, plan, need_grad: bool) -> tuple:
+    """``K = Σ_q e^{−γ_q D}`` and ``K′ = −Σ_q γ_q e^{−γ_q D}`` (or ``None``) of a block of
+    squared distances, following :func:`exp_plan`; ``dist_`` is consumed (overwritten) when
+    no later γ needs it."""
+    chained = all(sq > 0 for sq, _ in plan[1:])
+    k = kp = e = None
+    for idx, (squarings, g) in enumerate(plan):
+        if squarings == 0:
+            e = dist_.mul_(-g).exp_() if (idx == 0 and chained) else torch.mul(dist_, -g).exp_()
+        else:
+            nxt = e.square()
+            for _ in range(squarings - 1):
+                nxt.square_()
+            e = nxt
+        if k is None:
+            k = e  # later e's are new tensors; k is accumulated in place after kp is taken
+            kp = torch.mul(e, -g) if need_grad else None
+        else:
+            k = k.add_(e) if k is not e else k + e
+            if need_grad:
+                kp.add_(e, alpha=-g)
+    return k, kp
+
+
+def _core_sweep():
+    """The CPU core's square sweep (``dapkernels.backends`` "cpu" ``mmd_sweep``), or ``None``
+    when it is not built."""
+    from .. import backends
+
+    if not backends.available("cpu"):
+        return None
+    return getattr(backends.get("cpu"), "mmd_sweep", None)
+
+
+def _local_sweep(cs, gams, rows, ns, n, weights, need_grad, exact, backend):
+    """This rank's share of the global sweep: every ordered pair (i, j) with i one of its rows.
+
+    On CPU tensors (unless ``backend="reference"``) the pairs inside the rank's own block run
+    in the C++ core's symmetric sweep (each unordered pair once, fixed bandwidths = the global
+    ones) and only the pairs (own row, other rank's row) in the torch rectangular sweep;
+    otherwise one rectangular sweep of the own rows against all rows.  Returns the float64
+    partial sums ``[P_ss, P_st + P_ts, P_tt]`` and the own rows' gradients.
+    """
+    own = [c[rows] for c in cs]
+    row_src = rows < n
+    core = None
+    if cs[0].device.type == "cpu" and backend != "reference" and rows.numel() > 0:
+        core = _core_sweep()
+    if core is None:
+        return rows_vs_cols(own, row_src, cs, n, gams, weights, need_grad, self_col=rows)
+    factors = [[0.5 / g for g in gam] for gam in gams]
+    sums, g_own = core([o[:ns] for o in own], [o[ns:] for o in own], factors,
+                       [False] * len(own), weights, need_grad)
+    keep = torch.ones(cs[0].shape[0], dtype=torch.bool)
+    keep[rows] = False
+    others = keep.nonzero().squeeze(1)
+    partial = torch.tensor([sums[0], 2.0 * sums[1], sums[2]], dtype=torch.float64)
+    if others.numel() == 0:
+        return partial, list(g_own)
+    p_x, g_x = rows_vs_cols(own, row_src, [c[others] for c in cs], int((others < n).sum()),
+                            gams, weights, need_grad)
+    return partial + p_x, [a + b for a, b in zip(g_own, g_x)]
 
 
 class _GlobalMMD(torch.autograd.Function):
@@ -360,7 +454,8 @@ class _GlobalMMD(torch.autograd.Function):
         rows = torch.cat((torch.arange(a_s, a_s + ns, device=device),
                           torch.arange(n + a_t, n + a_t + nt, device=device)))
         need_grad = any(ctx.needs_input_grad)
-        partial, grads = rows_vs_all(cs, gams, rows, n, weights, need_grad)
+        partial, grads = _local_sweep(cs, gams, rows, ns, n, weights, need_grad, exact,
+                                      "reference" if exact else None)
         sums = all_reduce_sum(partial, group)
         w_ss, w_st, w_tt = weights
         value = float(w_ss * sums[0] + w_st * sums[1] + w_tt * sums[2]) + const
