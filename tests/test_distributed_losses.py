@@ -225,9 +225,9 @@ def test_rectangular_sweep_chunks_and_plans():
     d2s = [((zl[:, None] - zl[None]) ** 2).sum(-1) for zl in zz]
     kk = [sum(torch.exp(-gq * d2) for gq in gl) for d2, gl in zip(d2s, gams)]
     (w * kk[0] * kk[1]).sum().backward()
-    for chunk in (1, 2, None):
+    for chunk, col_chunk in ((1, 1), (2, 3), (2, None), (None, 5), (None, None)):
         part, grads = rows_vs_cols([zl[rows] for zl in z], rows < n, z, n, gams, weights, True,
-                                   self_col=rows, chunk=chunk)
+                                   self_col=rows, chunk=chunk, col_chunk=col_chunk)
         assert torch.allclose(part, expect, rtol=1e-12, atol=0)
         for gr, zl in zip(grads, zz):
             err = float((gr - zl.grad[rows]).abs().max())

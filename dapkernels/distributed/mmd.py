@@ -27,7 +27,7 @@ Algorithm (per call, per rank):
    every ordered pair (i, j) is owned by the rank of i, so ``S_ab = Σ_r P_ab`` — one
    ``all_reduce`` of 3 float64 values (``S_ss, S_st + S_ts, S_tt``) gives the loss, the same on
    every rank.  Each rank does ``(n_r + m_r) · N`` pairs, ``N²`` in all: no rank repeats
-   another's work.  Chunked over the local rows: O(chunk · N) memory, no N×N matrix;
+   another's work.  Tiled (local rows × columns): O(tile) memory, no N×N matrix;
 5. the exact gradient of the local rows only, from the same sweep::
 
        ∂L/∂z_l,i = 2 Σ_j W_ij ∂k(z_i, z_j)/∂z_l,i = 4 Σ_j C^l_ij (z_l,i − z_l,j),
@@ -59,12 +59,13 @@ from ..kernels import GaussianKernels
 from .errors import agree, signature
 from .gather import all_gather_rows, all_reduce_sum
 
-__all__ = ["global_mmd", "estimator_weights", "CHUNK_ELEMENTS"]
+__all__ = ["global_mmd", "estimator_weights", "rows_vs_cols", "exp_plan", "CHUNK_ROWS",
+           "CHUNK_COLS"]
 
 ESTIMATORS = ("biased", "unbiased", "linear")
 _BACKENDS = ("reference", "cpu", "triton")
-#: target size (elements) of one chunk × N block of the sweep
-CHUNK_ELEMENTS = 1 << 19
+#: tile of the rectangular sweep: rows × columns (a 1 MiB float32 block)
+CHUNK_ROWS, CHUNK_COLS = 256, 1024
 
 
 def estimator_weights(estimator: str, n: int, m: int, k0: float) -> tuple:
@@ -247,17 +248,20 @@ def _linear(srcs, tgts, kernels, counts_s, counts_t, backend, group) -> torch.Te
     return functional.jmmd(mixed_s, mixed_t, kernels, "linear", backend)
 
 
-def _bank(z_all: torch.Tensor, kernel: GaussianKernels) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(c, γ)``: the rows centred on the global mean (float64) and γ_q = 1/(2σ_q²) (float64)
-    with ``σ_q² = α_q · 2 Σ_i ‖z_i − μ‖² / N`` (relative; 1.0 replaces a zero mean) or fixed."""
-    z64 = z_all.to(torch.float64)
-    c = z64 - z64.mean(dim=0, keepdim=True)
-    f = torch.tensor(kernel.sigma2_factors, dtype=torch.float64, device=z64.device)
+def _bank(z_all: torch.Tensor, kernel: GaussianKernels,
+          dtype: torch.dtype) -> tuple[torch.Tensor, list[float]]:
+    """``(c, γ)``: the global rows centred on their float64 mean, in ``dtype``, and
+    γ_q = 1/(2σ_q²) with ``σ_q² = α_q · 2 Σ_i ‖c_i‖² / N`` (relative, float64 sum; 1.0
+    replaces a zero mean) or fixed.  The same on every rank (same rows, same order)."""
+    big_n = z_all.shape[0]
+    mu = z_all.sum(dim=0, dtype=torch.float64) / big_n
+    c = z_all.to(dtype) - mu.to(dtype)
+    f = list(kernel.sigma2_factors)
     if kernel.relative:
-        msd = 2.0 * c.square().sum() / z64.shape[0]
-        msd = torch.where(msd > 0, msd, torch.ones_like(msd))
-        f = f * msd
-    return c, 0.5 / f
+        msd = 2.0 * float(c.square().sum(dim=1).sum(dtype=torch.float64)) / big_n
+        msd = msd if msd > 0 else 1.0
+        f = [x * msd for x in f]
+    return c, [0.5 / x for x in f]
 
 
 def exp_plan(gammas: Sequence[float], dtype: torch.dtype) -> list[tuple[int, float]]:
@@ -290,6 +294,7 @@ def rows_vs_cols(
     need_grad: bool,
     self_col: torch.Tensor | None = None,
     chunk: int | None = None,
+    col_chunk: int | None = None,
 ) -> tuple[torch.Tensor, list]:
     """Rectangular sweep: every (row i, column j) pair once, with the gradient of the rows.
 
@@ -303,7 +308,10 @@ def rows_vs_cols(
         need_grad: also return the gradient.
         self_col: (r,) column index of each row itself (its distance is set to exactly 0), or
             ``None`` when no column is a row.
-        chunk: rows per block (default: ``CHUNK_ELEMENTS // M``): O(chunk · M) memory.
+        chunk: rows per tile (default :data:`CHUNK_ROWS`).
+        col_chunk: columns per tile (default :data:`CHUNK_COLS`): tiles of chunk × col_chunk
+            pairs keep the elementwise passes in cache and re-read each column block once per
+            row chunk; O(chunk · col_chunk) memory.
 
     Returns:
         ``partial``: float64 (3,) ``[P_ss, P_st + P_ts, P_tt]`` with ``P_ab = Σ_{i ∈ a} Σ_{j ∈ b}
@@ -320,47 +328,67 @@ def rows_vs_cols(
     w_ss, w_st, w_tt = weights
     partial = torch.zeros(3, dtype=torch.float64, device=device)
     grads = [c.new_zeros((rows[0].shape[0], c.shape[1])) for c in cols] if need_grad else []
-    step = chunk or max(8, CHUNK_ELEMENTS // max(big_m, 1))
     ms = col_src
-    for a in range(0, rows[0].shape[0], step):
-        b = min(step, rows[0].shape[0] - a)
-        values, slopes = [], []
-        for r, c, sq, sqr, plan in zip(rows, cols, sq_cols, sq_rows, plans):
-            dist_ = torch.addmm(sq[None, :], r[a: a + b], c.T, alpha=-2.0)
-            dist_.add_(sqr[a: a + b, None]).clamp_(min=0.0)
-            if self_col is not None:
-                dist_[torch.arange(b, device=device), self_col[a: a + b]] = 0.0
-            k, kp = _bank_values(dist_, plan, need_grad)
-            values.append(k)
-            slopes.append(kp)
-        kernel = values[0]
-        for v in values[1:]:
-            kernel = kernel * v
+    n_rows = rows[0].shape[0]
+    rows_per = chunk or CHUNK_ROWS
+    cols_per = col_chunk or CHUNK_COLS
+    for a in range(0, n_rows, rows_per):
+        b = min(rows_per, n_rows - a)
         src = row_src[a: a + b]
-        to_s = kernel[:, :ms].sum(dim=1, dtype=torch.float64)
-        to_t = kernel[:, ms:].sum(dim=1, dtype=torch.float64)
+        ar = torch.arange(b, device=device)
+        to_s = torch.zeros(b, dtype=torch.float64, device=device)
+        to_t = torch.zeros(b, dtype=torch.float64, device=device)
+        if need_grad:
+            ones = torch.ones(b, dtype=dtype, device=device)
+            wa = torch.where(src, ones * w_ss, ones * w_st)[:, None]  # towards source columns
+            wb = torch.where(src, ones * w_st, ones * w_tt)[:, None]  # towards target columns
+            rsum = [torch.zeros((b, 1), dtype=dtype, device=device) for _ in rows]
+            prod = [torch.zeros((b, r.shape[1]), dtype=dtype, device=device) for r in rows]
+        for j0 in range(0, big_m, cols_per):
+            j1 = min(j0 + cols_per, big_m)
+            bs = min(max(ms - j0, 0), j1 - j0)  # source columns of this block come first
+            values, slopes = [], []
+            for r, c, sq, sqr, plan in zip(rows, cols, sq_cols, sq_rows, plans):
+                dist_ = torch.addmm(sq[None, j0:j1], r[a: a + b], c[j0:j1].T, alpha=-2.0)
+                dist_.add_(sqr[a: a + b, None]).clamp_(min=0.0)
+                if self_col is not None:  # no host sync: write back where the self is here
+                    rel = self_col[a: a + b] - j0
+                    here = (rel >= 0) & (rel < j1 - j0)
+                    rel = rel.clamp(0, j1 - j0 - 1)
+                    dist_[ar, rel] = torch.where(here, torch.zeros_like(dist_[ar, rel]),
+                                                 dist_[ar, rel])
+                k, kp = _bank_values(dist_, plan, need_grad)
+                values.append(k)
+                slopes.append(kp)
+            kernel = values[0]
+            for v in values[1:]:
+                kernel = kernel * v
+            if bs > 0:
+                to_s += kernel[:, :bs].sum(dim=1, dtype=torch.float64)
+            if bs < j1 - j0:
+                to_t += kernel[:, bs:].sum(dim=1, dtype=torch.float64)
+            if not need_grad:
+                continue
+            for l, c in enumerate(cols):
+                coef = slopes[l]
+                for o, v in enumerate(values):
+                    if o != l:
+                        coef = coef * v
+                # row i: 4 Σ_j W_ij C_ij (c_i − c_j), W_ij = wa_i (j source) or wb_i (target)
+                if bs > 0:
+                    ca = coef[:, :bs]
+                    rsum[l] += wa * ca.sum(dim=1, keepdim=True)
+                    prod[l] -= wa * (ca @ c[j0: j0 + bs])
+                if bs < j1 - j0:
+                    cb = coef[:, bs:]
+                    rsum[l] += wb * cb.sum(dim=1, keepdim=True)
+                    prod[l] -= wb * (cb @ c[j0 + bs: j1])
         partial[0] += to_s[src].sum()
         partial[1] += to_t[src].sum() + to_s[~src].sum()
         partial[2] += to_t[~src].sum()
-        if not need_grad:
-            continue
-        ones = torch.ones(b, dtype=dtype, device=device)
-        wa = torch.where(src, ones * w_ss, ones * w_st)[:, None]  # towards source columns
-        wb = torch.where(src, ones * w_st, ones * w_tt)[:, None]  # towards target columns
-        for l, (r, c) in enumerate(zip(rows, cols)):
-            coef = slopes[l]
-            for o, v in enumerate(values):
-                if o != l:
-                    coef = coef * v
-            # row i: 4 Σ_j W_ij C_ij (c_i − c_j), W_ij = wa_i (j source) or wb_i (j target)
-            ca, cb = coef[:, :ms], coef[:, ms:]
-            rs = wa * ca.sum(dim=1, keepdim=True) + wb * cb.sum(dim=1, keepdim=True)
-            g = rs * r[a: a + b]
-            if ms > 0:
-                g -= wa * (ca @ c[:ms])
-            if ms < big_m:
-                g -= wb * (cb @ c[ms:])
-            grads[l][a: a + b] = 4.0 * g
+        if need_grad:
+            for l, r in enumerate(rows):
+                grads[l][a: a + b] = 4.0 * (rsum[l] * r[a: a + b] + prod[l])
     return partial, grads
 
 
@@ -445,9 +473,9 @@ class _GlobalMMD(torch.autograd.Function):
         g_src, g_tgt = _gather_layers(srcs, tgts, counts_s, counts_t, group)
         cs, gams = [], []
         for gs_, gt_, k in zip(g_src, g_tgt, kernels):
-            c, gam = _bank(torch.cat((gs_, gt_)), k)
-            cs.append(c.to(dtype))
-            gams.append([float(v) for v in gam])
+            c, gam = _bank(torch.cat((gs_, gt_)), k, dtype)
+            cs.append(c)
+            gams.append(gam)
         device = cs[0].device
         a_s, a_t = sum(counts_s[:me]), sum(counts_t[:me])
         ns, nt = srcs[0].shape[0], tgts[0].shape[0]
