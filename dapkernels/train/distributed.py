@@ -90,6 +90,7 @@ def setup_from_env(device: str) -> DistContext | None:
     world = env_world_size()
     if world <= 1:
         return None
+    _exit_with_launcher()
     rank = int(os.environ["RANK"])
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
     cuda = torch.device(device).type == "cuda"
@@ -104,6 +105,26 @@ def setup_from_env(device: str) -> DistContext | None:
     return DistContext(rank, world, local_rank, dist.group.WORLD, dev)
 
 
+def _exit_with_launcher(poll_s: float = 1.0) -> None:
+    """A daemon thread that ends this rank when its launcher dies (``kill -9`` of
+    ``torchrun`` leaves its workers, which run in their own sessions, orphaned: they would
+    go on training and writing checkpoints).  Polls the parent pid; no-op on Windows."""
+    import threading
+    import time
+
+    if os.name != "posix":
+        return
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll_s)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="dapkernels-launcher-watch", daemon=True).start()
+
+
 def teardown(ctx: DistContext | None) -> None:
     """Leaves the process group (after a barrier, so rank 0's files are complete)."""
     if ctx is not None and dist.is_initialized():
@@ -114,11 +135,23 @@ def teardown(ctx: DistContext | None) -> None:
 def launch(nproc: int, argv: Sequence[str]) -> int:
     """Re-runs ``dapkernels`` with ``argv`` under ``torch.distributed.run`` on ``nproc``
     local processes; returns the launcher's exit code."""
+    import signal
+
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            f"--nproc-per-node={nproc}", "-m", "dapkernels", *argv]
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
-    return subprocess.call(cmd, env=env)
+    child = subprocess.Popen(cmd, env=env)
+
+    def forward(signum, frame):  # SIGTERM / SIGINT reach torchrun, which stops the ranks
+        child.send_signal(signum)
+
+    old = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return child.wait()
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 def strip_nproc(argv: Sequence[str]) -> list[str]:
