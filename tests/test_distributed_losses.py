@@ -101,6 +101,13 @@ def _losses(rank: int, world: int) -> None:
              S, T, counts_s, counts_t, 1e-9, 1e-9, f"JMMDLoss W={world}")
     _compare(rank, world, lambda s, t, g: dk.CORALLoss(process_group=g)(s[0], t[0]),
              S[:1], T[:1], counts_s, counts_t, 1e-9, 1e-9, f"CORALLoss W={world}")
+    if world == 3:  # a rank without any row
+        cs0, ct0 = [4, 0, 3], [2, 0, 5]
+        S0, T0 = _data(cs0, ct0, (5, 3))
+        for backend in ("cpu", "reference"):
+            _compare(rank, world, partial(_jmmd, kernels=banks, backend=backend), S0, T0, cs0,
+                     ct0, 1e-9, 1e-9, f"jmmd empty rank {backend}")
+        _compare(rank, world, _coral, S0[:1], T0[:1], cs0, ct0, 1e-9, 1e-9, "coral empty rank")
     # linear estimator: equal global batches, pairs cross rank boundaries
     lin_t = [sum(counts_s) - sum(counts_t[1:])] + counts_t[1:]
     S1, T1 = _data(counts_s, lin_t, (4,))
