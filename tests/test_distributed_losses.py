@@ -146,6 +146,15 @@ def _dann(rank: int, world: int) -> None:
     local_loss(S[0], T[0])
     acc = global_loss.domain_accuracy
     assert abs(float(acc) - float(local_loss.domain_accuracy)) < 1e-12
+    # under no_grad: same value, no graph, no gradient work
+    x = _local(S[0], counts_s, rank).clone().requires_grad_()
+    y = _local(T[0], counts_t, rank).clone().requires_grad_()
+    for fn in (dk.mmd, dk.coral):
+        with torch.no_grad():
+            a = fn(x, y, process_group=dist.group.WORLD)
+        b = fn(x, y, process_group=dist.group.WORLD)
+        assert not a.requires_grad and b.requires_grad
+        assert float(a) == float(b.detach())
 
 
 def _bad_rank(rank: int, world: int) -> None:

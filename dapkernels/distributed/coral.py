@@ -79,7 +79,8 @@ def global_coral(f_s: torch.Tensor, f_t: torch.Tensor, log: bool, eps: float,
     if n < 2 or m < 2:
         raise ValueError(f"CORAL estimates covariances and needs at least 2 samples per domain "
                          f"in the global batch, got {n} source and {m} target rows")
-    return _GlobalCORAL.apply((group, n, m, bool(log), float(eps)), xs, xt)
+    grad = torch.is_grad_enabled() and (xs.requires_grad or xt.requires_grad)
+    return _GlobalCORAL.apply((group, n, m, bool(log), float(eps), grad), xs, xt)
 
 
 class _SymLog(torch.autograd.Function):
@@ -115,7 +116,7 @@ class _GlobalCORAL(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, plan, xs, xt):
-        group, n, m, log, eps = plan
+        group, n, m, log, eps, grad = plan
         d = xs.shape[1]
         world = dist.get_world_size(group)
         x64s, x64t = xs.detach().to(torch.float64), xt.detach().to(torch.float64)
@@ -130,7 +131,7 @@ class _GlobalCORAL(torch.autograd.Function):
             else:
                 diff = cs - ct
             value = diff.square().sum() / (4.0 * d * d)
-            need_grad = any(ctx.needs_input_grad)
+            need_grad = grad and any(ctx.needs_input_grad)  # not under no_grad
             if need_grad:
                 g_s, g_t = torch.autograd.grad(value, (cs, ct))
         if need_grad:

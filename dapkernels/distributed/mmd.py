@@ -183,8 +183,9 @@ def global_mmd(
     for k in kernels:
         k0 *= k.num_kernels
     weights, const = estimator_weights(estimator, n, m, k0)
+    grad = torch.is_grad_enabled() and any(x.requires_grad for x in srcs + tgts)
     plan = (group, tuple(kernels), weights, const, counts_s, counts_t,
-            backend == "reference")
+            backend == "reference", grad)
     return _GlobalMMD.apply(plan, *srcs, *tgts)
 
 
@@ -463,7 +464,7 @@ class _GlobalMMD(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, plan, *tensors):
-        group, kernels, weights, const, counts_s, counts_t, exact = plan
+        group, kernels, weights, const, counts_s, counts_t, exact, grad = plan
         layers = len(tensors) // 2
         srcs, tgts = tensors[:layers], tensors[layers:]
         in_dtype = srcs[0].dtype
@@ -481,7 +482,7 @@ class _GlobalMMD(torch.autograd.Function):
         ns, nt = srcs[0].shape[0], tgts[0].shape[0]
         rows = torch.cat((torch.arange(a_s, a_s + ns, device=device),
                           torch.arange(n + a_t, n + a_t + nt, device=device)))
-        need_grad = any(ctx.needs_input_grad)
+        need_grad = grad and any(ctx.needs_input_grad)  # not under no_grad
         partial, grads = _local_sweep(cs, gams, rows, ns, n, weights, need_grad, exact,
                                       "reference" if exact else None)
         sums = all_reduce_sum(partial, group)
