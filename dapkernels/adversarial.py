@@ -74,13 +74,20 @@ class DomainAdversarialLoss(nn.Module):
         discriminator: maps (N, d) features to (N, 1) probabilities / logits or (N, 2) logits.
         grl: the reversal layer (default: ``WarmStartGradientReversal(alpha=1, lo=0, hi=1,
             max_iters=1000, auto_step=True)``, the DANN ramp).
+        process_group: a ``torch.distributed`` group: the means and ``domain_accuracy`` run
+            over the global batch (every rank's rows, one all-reduce of 6 sums), the value is
+            the same on every rank and each rank's rows receive ``W ·`` their gradient (the
+            convention of :func:`dapkernels.mmd`), so DDP's averaging gives the global
+            gradient.  Every rank raises if one rank's input is invalid.
     """
 
-    def __init__(self, discriminator: nn.Module, grl: nn.Module | None = None) -> None:
+    def __init__(self, discriminator: nn.Module, grl: nn.Module | None = None,
+                 process_group: torch.distributed.ProcessGroup | None = None) -> None:
         super().__init__()
         self.discriminator = discriminator
         self.grl = grl if grl is not None else WarmStartGradientReversal(auto_step=True)
         self.domain_accuracy = torch.zeros(())
+        self.process_group = process_group
 
     def forward(
         self,
@@ -90,6 +97,10 @@ class DomainAdversarialLoss(nn.Module):
         w_t: torch.Tensor | None = None,
     ) -> torch.Tensor:
         n = f_s.shape[0]
+        if self.process_group is not None:
+            from .distributed.adversarial import agree_inputs
+
+            agree_inputs(self.process_group, f_s, f_t, w_s, w_t)
         for name, w, rows in (("w_s", w_s, n), ("w_t", w_t, f_t.shape[0])):
             if w is not None and w.shape != (rows,):
                 raise ValueError(f"{name} must have shape ({rows},), got {tuple(w.shape)}")
@@ -113,6 +124,12 @@ class DomainAdversarialLoss(nn.Module):
             l_s = l_s * w_s
         if w_t is not None:
             l_t = l_t * w_t
+        if self.process_group is not None:
+            from .distributed.adversarial import global_means
+
+            loss, self.domain_accuracy = global_means(self.process_group, l_s, l_t,
+                                                      correct[:n], correct[n:])
+            return loss
         self.domain_accuracy = 0.5 * (correct[:n].mean() + correct[n:].mean()).detach()
         return 0.5 * (l_s.mean() + l_t.mean())
 

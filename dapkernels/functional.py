@@ -40,6 +40,7 @@ def jmmd(
     kernels: Sequence[GaussianKernels] | None = None,
     estimator: str = "unbiased",
     backend: str | None = None,
+    process_group: torch.distributed.ProcessGroup | None = None,
 ) -> torch.Tensor:
     """Joint MMD of JAN: MMD with the product kernel ``k(i, j) = Π_l k_l(z_{l,i}, z_{l,j})``.
 
@@ -53,6 +54,8 @@ def jmmd(
         kernels: L kernel banks (default: ``GaussianKernels()`` for every layer).
         estimator: ``"unbiased"`` (default), ``"biased"`` or ``"linear"``.
         backend: force ``"reference"``, ``"cpu"`` or ``"triton"`` (default: by device).
+        process_group: a ``torch.distributed`` group: the global-batch JMMD over every rank's
+            rows, as in :func:`mmd` (the layers are gathered in one collective).
 
     Returns:
         0-dim tensor (float32 for half-precision inputs, else the input dtype).  float16 /
@@ -62,6 +65,11 @@ def jmmd(
     if isinstance(sources, torch.Tensor) or isinstance(targets, torch.Tensor):
         raise TypeError("sources and targets must be sequences of tensors (one per layer)")
     sources, targets = list(sources), list(targets)
+    if process_group is not None:
+        from .distributed.mmd import global_mmd
+
+        banks = [_DEFAULT_KERNELS] * len(sources) if kernels is None else list(kernels)
+        return global_mmd(sources, targets, banks, estimator, backend, process_group)
     if len(sources) == 0 or len(sources) != len(targets):
         raise ValueError(
             f"sources and targets must hold the same, non-zero number of layers, got "
@@ -142,6 +150,7 @@ def mmd(
     kernels: GaussianKernels | None = None,
     estimator: str = "unbiased",
     backend: str | None = None,
+    process_group: torch.distributed.ProcessGroup | None = None,
 ) -> torch.Tensor:
     """Multi-kernel maximum mean discrepancy (MK-MMD, as in DAN) between two batches.
 
@@ -165,12 +174,26 @@ def mmd(
         estimator: ``"unbiased"`` (default), ``"biased"`` or ``"linear"``.
         backend: force ``"reference"``, ``"cpu"`` or ``"triton"`` (default: by device, or the
             ``DAPKERNELS_BACKEND`` environment variable).
+        process_group: ``None`` (default): this process's batch only.  A ``torch.distributed``
+            group (e.g. ``dist.group.WORLD``): the global-batch estimator over the
+            concatenation of every rank's source and target rows (bandwidths from the global
+            batch, every pair counted once, the same value on every rank; ranks may hold
+            different row counts).  Gradient convention: each rank's rows receive
+            ``W · ∂L/∂z_local`` (W = group size), so DDP's gradient averaging gives the exact
+            gradient of the global loss.  Bad input on one rank makes every rank raise
+            :class:`dapkernels.distributed.DistributedInputError`.  See
+            :mod:`dapkernels.distributed.mmd`.
 
     Returns:
         0-dim tensor (float32 for half-precision inputs, else the input dtype).  float16 /
         bfloat16 CPU inputs (``torch.autocast("cpu")``) are computed in float32; their
         gradient comes back in their own dtype.
     """
+    if process_group is not None:
+        from .distributed.mmd import global_mmd
+
+        return global_mmd([source], [target], [kernels or _DEFAULT_KERNELS], estimator,
+                          backend, process_group)
     if kernels is not None and not isinstance(kernels, GaussianKernels):
         raise TypeError(f"kernels must be GaussianKernels, got {type(kernels).__name__}")
     s = as_features(source, "source")
@@ -186,6 +209,7 @@ def coral(
     log: bool = False,
     eps: float = 1e-5,
     backend: str | None = None,
+    process_group: torch.distributed.ProcessGroup | None = None,
 ) -> torch.Tensor:
     """Deep CORAL loss between a source and a target batch.
 
@@ -210,10 +234,18 @@ def coral(
         log: log-Euclidean variant.
         eps: eigenvalue floor of the log variant.
         backend: as in :func:`mmd`.
+        process_group: a ``torch.distributed`` group: CORAL of the global batch (every
+            rank's rows; all-reduced column sums and d×d products in float64), the same
+            value on every rank; each rank's rows receive ``W · ∂L/∂x_local``.  See
+            :mod:`dapkernels.distributed.coral`.
 
     Returns:
         0-dim tensor, of the dtype :func:`mmd` returns for the same inputs.
     """
+    if process_group is not None:
+        from .distributed.coral import global_coral
+
+        return global_coral(f_s, f_t, log, eps, backend, process_group)
     s = as_features(f_s, "f_s")
     t = as_features(f_t, "f_t")
     check_same_space(s, t, "f_s", "f_t")

@@ -29,6 +29,9 @@ class MMDLoss(nn.Module):
 
         loss_fn = MMDLoss(GaussianKernels(alphas=[0.125, 0.25, 0.5, 1.0, 2.0]))
         loss = loss_fn(f_s, f_t)       # f_s: (n, d), f_t: (m, d) -> 0-dim tensor
+
+    ``process_group`` (e.g. ``torch.distributed.group.WORLD``): the global-batch MMD over
+    every rank's rows; each rank's rows receive ``W · ∂L/∂z_local`` (see :func:`dapkernels.mmd`).
     """
 
     def __init__(
@@ -36,14 +39,19 @@ class MMDLoss(nn.Module):
         kernels: GaussianKernels | None = None,
         estimator: str = "unbiased",
         backend: str | None = None,
+        process_group: torch.distributed.ProcessGroup | None = None,
     ) -> None:
         super().__init__()
         check_estimator(estimator, 2, 2)
         self.kernels = kernels if kernels is not None else GaussianKernels()
         self.estimator = estimator
         self.backend = backend
+        self.process_group = process_group
 
     def forward(self, source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.process_group is not None:
+            return F.mmd(source, target, self.kernels, self.estimator, self.backend,
+                         process_group=self.process_group)
         return F.mmd(source, target, self.kernels, self.estimator, self.backend)
 
     def extra_repr(self) -> str:
@@ -57,6 +65,8 @@ class JMMDLoss(nn.Module):
 
         loss_fn = JMMDLoss([GaussianKernels(), GaussianKernels(sigmas=[0.92])])
         loss = loss_fn([f_s, p_s], [f_t, p_t])
+
+    ``process_group``: the global-batch JMMD over every rank's rows (see :func:`dapkernels.mmd`).
     """
 
     def __init__(
@@ -64,16 +74,21 @@ class JMMDLoss(nn.Module):
         kernels: Sequence[GaussianKernels] | None = None,
         estimator: str = "unbiased",
         backend: str | None = None,
+        process_group: torch.distributed.ProcessGroup | None = None,
     ) -> None:
         super().__init__()
         check_estimator(estimator, 2, 2)
         self.kernels = None if kernels is None else list(kernels)
         self.estimator = estimator
         self.backend = backend
+        self.process_group = process_group
 
     def forward(
         self, sources: Sequence[torch.Tensor], targets: Sequence[torch.Tensor]
     ) -> torch.Tensor:
+        if self.process_group is not None:
+            return F.jmmd(sources, targets, self.kernels, self.estimator, self.backend,
+                          process_group=self.process_group)
         return F.jmmd(sources, targets, self.kernels, self.estimator, self.backend)
 
     def extra_repr(self) -> str:
@@ -87,15 +102,23 @@ class CORALLoss(nn.Module):
 
         loss_fn = CORALLoss()
         loss = loss_fn(f_s, f_t)       # f_s: (n_s, d), f_t: (n_t, d) -> 0-dim tensor
+
+    ``process_group``: CORAL of the global batch over every rank's rows (see
+    :func:`dapkernels.coral`).
     """
 
-    def __init__(self, log: bool = False, eps: float = 1e-5, backend: str | None = None) -> None:
+    def __init__(self, log: bool = False, eps: float = 1e-5, backend: str | None = None,
+                 process_group: torch.distributed.ProcessGroup | None = None) -> None:
         super().__init__()
         self.log = log
         self.eps = eps
         self.backend = backend
+        self.process_group = process_group
 
     def forward(self, f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
+        if self.process_group is not None:
+            return F.coral(f_s, f_t, self.log, self.eps, self.backend,
+                           process_group=self.process_group)
         return F.coral(f_s, f_t, self.log, self.eps, self.backend)
 
     def extra_repr(self) -> str:

@@ -42,6 +42,7 @@ LAYERS: list[tuple[str, dict[str, tuple[str, ...]]]] = [
     }),
     ("backend selection", {"backends": ("dapkernels.backends",)}),
     ("ops", {"ops": ("dapkernels.ops",)}),
+    ("global-batch ops", {"distributed": ("dapkernels.distributed",)}),
     ("functional", {
         "functional": ("dapkernels.functional",),
         "covariance": ("dapkernels.covariance",),
@@ -58,7 +59,7 @@ LAYERS: list[tuple[str, dict[str, tuple[str, ...]]]] = [
         "train": ("dapkernels.train",),
     }),
     ("demo", {"demo": ("dapkernels.demo",)}),
-    ("command line", {"cli": ("dapkernels.cli",)}),
+    ("command line", {"cli": ("dapkernels.cli", "dapkernels.__main__")}),
 ]
 
 #: private modules every room may import (and take names from).

@@ -28,6 +28,7 @@ BENCHMARKS: dict = {
     "coral": "dapkernels.bench.coral",
     "grl": "dapkernels.bench.grl",
     "shift": "dapkernels.bench.shift",
+    "ddp": "dapkernels.bench.ddp",
 }
 
 

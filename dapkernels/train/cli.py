@@ -118,15 +118,33 @@ def default_out(config: TrainConfig) -> Path:
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    from .distributed import env_world_size, launch, setup_from_env, strip_nproc, teardown
     from .trainer import Trainer
 
+    nproc = getattr(args, "nproc_per_node", None)
+    if nproc is not None and nproc < 1:
+        raise SystemExit(f"--nproc-per-node must be at least 1, got {nproc}")
+    if nproc is not None and nproc > 1 and env_world_size() == 1:
+        return launch(nproc, strip_nproc(args.argv))
     config = config_from_args(args)
     out = Path(args.out) if args.out else default_out(config)
-    trainer = Trainer(config, out=out, progress=args.progress)
-    if args.resume:
+    ctx = setup_from_env(config.device)
+    try:
+        return _train(Trainer(config, out=out, progress=args.progress, distributed=ctx),
+                      config, out, args.resume, ctx is None or ctx.is_main)
+    finally:
+        teardown(ctx)
+
+
+def _train(trainer: Any, config: TrainConfig, out: Path, resume: bool, main: bool) -> int:
+    if resume:
         path = trainer.resume()
-        print(f"resuming from {path}" if path else f"no checkpoint under {out}; starting afresh")
+        if main:
+            print(f"resuming from {path}" if path else
+                  f"no checkpoint under {out}; starting afresh")
     final = trainer.fit()
+    if not main:
+        return 0
     tgt = final["target_acc"]
     print(
         f"{config.method} ({config.impl}) on {config.dataset}, seed {config.seed}: "
@@ -154,6 +172,12 @@ def add_train_parser(subparsers: Any) -> None:
     p.add_argument("--out", help="output directory (default: runs/METHOD-IMPL-DATASET-sSEED)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the latest checkpoint in --out")
+    p.add_argument("--nproc-per-node", type=int, metavar="W",
+                   help="train on W local processes with DistributedDataParallel (relaunches "
+                        "through torch.distributed.run; gloo on CPU, NCCL on CUDA): every "
+                        "rank draws --batch-size rows per domain, the losses are global-batch "
+                        "estimators, rank 0 writes the files.  Plain `torchrun "
+                        "--nproc-per-node W -m dapkernels train ...` works too")
     bar = p.add_mutually_exclusive_group()
     bar.add_argument("--progress", dest="progress", action="store_true", default=None,
                      help="force the progress bar on")

@@ -58,6 +58,10 @@ class Trainer:
         backbone: your own feature extractor (an ``nn.Module`` with ``out_features``) instead
             of :func:`build_backbone`.
         progress: show a tqdm bar (default: :func:`progress_enabled`).
+        distributed: a :class:`~dapkernels.train.distributed.DistContext` (from
+            :func:`~dapkernels.train.distributed.setup_from_env`) to train as one rank of a
+            DDP job: sharded batches, global-batch losses, gathered metrics, files and bar on
+            rank 0 only.  ``None`` (default): one process, exactly as before.
 
     Attributes:
         history: ``{"epochs": [per-epoch metrics], "steps": [per-step losses and times]}``.
@@ -70,11 +74,16 @@ class Trainer:
         data: DomainData | None = None,
         backbone: nn.Module | None = None,
         progress: bool | None = None,
+        distributed: Any = None,
     ) -> None:
         cfg = self.config = config.resolved()
+        self.dist = distributed
         self.out = None if out is None else Path(out)
         self.progress = progress_enabled() if progress is None else progress
         self.device = torch.device(cfg.device)
+        if distributed is not None:
+            self.progress = self.progress and distributed.is_main
+            self.device = distributed.device
         self.dtype = getattr(torch, cfg.dtype)
         self.data = data if data is not None else load_dataset(
             cfg.dataset, cfg.image_size, cfg.data_seed
@@ -86,6 +95,13 @@ class Trainer:
         self.adaptation = build_adaptation(cfg, self.model.features_dim)
         self.model.to(device=self.device, dtype=self.dtype)
         self.adaptation.to(device=self.device, dtype=self.dtype)
+        self._model, self._adaptation = self.model, self.adaptation  # what train_step calls
+        if distributed is not None:
+            from .distributed import distribute_adaptation, wrap_ddp
+
+            distribute_adaptation(self.adaptation, distributed.group)
+            self.model, self._model = wrap_ddp(self.model, distributed)
+            self.adaptation, self._adaptation = wrap_ddp(self.adaptation, distributed)
         params = list(self.model.parameters()) + list(self.adaptation.parameters())
         self.optimizer = torch.optim.SGD(
             params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
@@ -95,8 +111,18 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: (1.0 + gamma * step) ** (-decay)
         )
-        self.source = BatchStream(self.data.xs, self.data.ys, cfg.batch_size, 2 * cfg.seed + 1)
-        self.target = BatchStream(self.data.xt, None, cfg.batch_size, 2 * cfg.seed + 2)
+        if distributed is None:
+            self.source = BatchStream(self.data.xs, self.data.ys, cfg.batch_size,
+                                      2 * cfg.seed + 1)
+            self.target = BatchStream(self.data.xt, None, cfg.batch_size, 2 * cfg.seed + 2)
+        else:
+            from .distributed import ShardedBatchStream
+
+            r, w = distributed.rank, distributed.world
+            self.source = ShardedBatchStream(self.data.xs, self.data.ys, cfg.batch_size,
+                                             2 * cfg.seed + 1, r, w)
+            self.target = ShardedBatchStream(self.data.xt, None, cfg.batch_size,
+                                             2 * cfg.seed + 2, r, w)
         self.epoch = 0
         self.step = 0
         self.history: dict[str, list[dict[str, Any]]] = {"epochs": [], "steps": []}
@@ -114,14 +140,14 @@ class Trainer:
         if self.adaptation.needs_target:
             xt, _ = self.target.next()
             xt = xt.to(device=self.device, dtype=self.dtype)
-            logits, feats = self.model(torch.cat([xs, xt]))
+            logits, feats = self._model(torch.cat([xs, xt]))
             logits_s, logits_t = logits.split([xs.shape[0], xt.shape[0]])
             f_s, f_t = feats.split([xs.shape[0], xt.shape[0]])
         else:
-            logits_s, f_s = self.model(xs)
+            logits_s, f_s = self._model(xs)
             logits_t = f_t = None
         cls_loss = F.cross_entropy(logits_s, ys)
-        transfer_loss = self.adaptation(f_s, f_t, logits_s, logits_t)
+        transfer_loss = self._adaptation(f_s, f_t, logits_s, logits_t)
         loss = cls_loss + self.config.trade_off * transfer_loss
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -130,7 +156,7 @@ class Trainer:
         self.adaptation.after_step()
         elapsed = time.perf_counter() - start
         self.step += 1
-        return {
+        record = {
             "step": self.step,
             "loss": loss.item(),
             "cls_loss": cls_loss.item(),
@@ -138,6 +164,11 @@ class Trainer:
             "batch_acc": float((logits_s.argmax(1) == ys).double().mean()) * 100.0,
             "time_ms": elapsed * 1e3,
         }
+        if self.dist is not None:
+            from .distributed import reduce_step
+
+            record = reduce_step(record, self.dist)
+        return record
 
     def train_epoch(self) -> dict[str, Any]:
         """Runs one epoch of ``iters_per_epoch`` steps, evaluates, checkpoints, writes reports."""
@@ -165,12 +196,18 @@ class Trainer:
             "transfer_loss": statistics.fmean(s["transfer_loss"] for s in steps),
         }
         d = self.data
-        record.update(evaluate(self.model, d.xs, d.ys, d.xt_test, d.yt_test, self.device,
-                               self.dtype))
+        if self.dist is None:
+            record.update(evaluate(self.model, d.xs, d.ys, d.xt_test, d.yt_test, self.device,
+                                   self.dtype))
+        else:
+            from .distributed import evaluate_distributed
+
+            record.update(evaluate_distributed(self.model, d.xs, d.ys, d.xt_test, d.yt_test,
+                                               self.dist, self.dtype))
         record["step_time_ms"] = statistics.median(s["time_ms"] for s in steps)
         self.history["epochs"].append(record)
         self.epoch = epoch
-        if self.out is not None:
+        if self.out is not None and (self.dist is None or self.dist.is_main):
             self.save()
         if self.progress:
             tgt = record["target_acc"]
@@ -187,7 +224,7 @@ class Trainer:
         """
         while self.epoch < self.config.epochs:
             self.train_epoch()
-        if self.out is not None:
+        if self.out is not None and (self.dist is None or self.dist.is_main):
             self.plot()
         return self.history["epochs"][-1]
 
@@ -213,7 +250,7 @@ class Trainer:
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue bit-for-bit: model, optimiser, schedule, streams, RNG."""
-        return {
+        state = {
             "config": self.config.to_dict(),
             "epoch": self.epoch,
             "step": self.step,
@@ -226,6 +263,9 @@ class Trainer:
             "rng": rng_state(),
             "history": self.history,
         }
+        if self.dist is not None:
+            state["world_size"] = self.dist.world
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restores :meth:`state_dict`; the run's config must match (the epoch count may grow)."""
@@ -235,6 +275,10 @@ class Trainer:
         diff = sorted(k for k in saved if saved[k] != mine.get(k) and k != "device")
         if diff:
             raise ValueError(f"checkpoint was written with a different config: {diff}")
+        world = 1 if self.dist is None else self.dist.world
+        if int(state.get("world_size", 1)) != world:
+            raise ValueError(f"checkpoint was written by {state.get('world_size', 1)} "
+                             f"process(es); this run has {world}")
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.model.load_state_dict(state["model"])
         self.adaptation.load_state_dict(state["adaptation"])
