@@ -48,6 +48,11 @@ class TestResult:
         estimator: "unbiased" | "biased" (block / linear: the estimator inside each block).
         std_error: standard error of the statistic under the null (Gaussian-null methods).
         per_kernel: one :class:`KernelResult` per bandwidth for "aggregated", else empty.
+        observed: the observed statistic as the resampling engine computes it (the resampled
+            statistic at the identity permutation / all signs +1), the value ``p_value`` and
+            ``threshold`` refer to; equals ``statistic`` up to rounding except for "wild" with
+            the unbiased estimator (complete U-statistic; see ``dapkernels.metrics.engine``).
+            ``None`` for Gaussian-null methods.
     """
 
     statistic: float
@@ -61,3 +66,4 @@ class TestResult:
     estimator: str
     std_error: float | None = None
     per_kernel: tuple[KernelResult, ...] = field(default_factory=tuple)
+    observed: float | None = None
