@@ -210,7 +210,7 @@ class _Run:
 
         def p_values(t: torch.Tensor) -> torch.Tensor:  # (L, c) → (L, c): p_λ against set 1
             below = torch.searchsorted(sorted1, t.contiguous(), side="left")
-            return (1.0 + (num - below)) / (1.0 + num)
+            return (1 + num - below).to(torch.float64) / (1 + num)
 
         p_obs = p_values(observed[:, None])[:, 0]
         m_obs = float(lam * p_obs.min())
