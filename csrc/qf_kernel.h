@@ -144,23 +144,28 @@ void qf_convert_labels(const std::int8_t* v, std::int64_t ldv, std::int64_t rows
   }
 }
 
-// Per-thread scratch in elements of T: D, K and c_Jᵀ tiles (tile × ldt, d × ldt), V_I and V_J
-// (tile × Bp each), then (as doubles, 2 T each for float) row and column sums (tile each).
+// Per-thread scratch in elements of T: D, K and c_Jᵀ tiles (tile × ldt, d × ldt), the centred
+// rows c_I (tile × d), V_I and V_J (tile × Bp each), then (as doubles, 2 T each for float) row
+// and column sums (tile each).
 template <typename T>
 std::int64_t qf_scratch_per_thread(std::int64_t tile, std::int64_t ldt, std::int64_t d,
                                    std::int64_t Bp) {
   const std::int64_t per_double = static_cast<std::int64_t>(sizeof(double) / sizeof(T));
-  return 2 * tile * ldt + d * ldt + 2 * tile * Bp + 2 * tile * per_double + 2 * kLanes<T>;
+  return 2 * tile * ldt + d * ldt + tile * d + 2 * tile * Bp + 2 * tile * per_double +
+         2 * kLanes<T>;
 }
 
-// The sweep.  c: centred rows (N × ldc), norms: ‖c_i‖² (N, padded with zeros to a multiple of
-// the tile rounded up to 2W), gam: γ_l (L) in T, v: int8 labels (N × B, row stride ldv).
-// Writes qpart (num_tiles × Lp × Bp doubles, Lp = 1 when sum_bank else L) and adds fixed-point
-// row sums (× fscale) to rs (Lp × N int64, zero on entry).
+// The sweep.  rows[i]: row i of the pooled sample (d values), centred on the fly as
+// c_i = rows[i] − mu (mu in float64, the subtraction in float64 then rounded to T, so no centred
+// copy of the sample is stored); norms: ‖c_i‖² (N, padded with zeros to a multiple of the tile
+// plus 2W); gam: γ_l (L) in T; v: int8 labels (N × B, row stride ldv).  Writes qpart
+// (num_tiles × Lp × Bp doubles, Lp = 1 when sum_bank else L) and adds fixed-point row sums
+// (× fscale) to rs (Lp × N int64, zero on entry).  `nt` threads; the scratch is allocated here,
+// before the parallel region.
 template <typename T>
-void qf_sweep(std::int64_t N, std::int64_t d, const T* c, std::int64_t ldc, const T* norms,
-              const T* gam, int L, bool sum_bank, const std::int8_t* v, std::int64_t ldv,
-              std::int64_t B, std::int64_t tile, double fscale, double* qpart,
+void qf_sweep(std::int64_t N, std::int64_t d, const T* const* rows, const double* mu,
+              const T* norms, const T* gam, int L, bool sum_bank, const std::int8_t* v,
+              std::int64_t ldv, std::int64_t B, std::int64_t tile, double fscale, double* qpart,
               std::int64_t* rs, int nt) {
   constexpr int W = kLanes<T>;
   const std::int64_t ldt = (tile + 2 * W - 1) / (2 * W) * (2 * W);
@@ -176,23 +181,28 @@ void qf_sweep(std::int64_t N, std::int64_t d, const T* c, std::int64_t ldc, cons
     T* D = mine;
     T* K = D + tile * ldt;
     T* cT = K + tile * ldt;
-    T* VI = cT + d * ldt;
+    T* cI = cT + d * ldt;
+    T* VI = cI + tile * d;
     T* VJ = VI + tile * Bp;
     double* rowsum = reinterpret_cast<double*>(VJ + tile * Bp);
     double* colsum = rowsum + tile;
 #pragma omp for schedule(dynamic, 1)
     for (std::int64_t I = 0; I < nb; ++I) {
       const std::int64_t i0 = I * tile, mI = std::min(tile, N - i0);
+      for (std::int64_t i = 0; i < mI; ++i)
+        for (std::int64_t k = 0; k < d; ++k)
+          cI[i * d + k] = static_cast<T>(static_cast<double>(rows[i0 + i][k]) - mu[k]);
       qf_convert_labels<T>(v + i0 * ldv, ldv, mI, B, Bp, VI);
       double* q = qpart + I * Lp * Bp;
       for (std::int64_t J = I; J < nb; ++J) {
         const std::int64_t j0 = J * tile, nJ = std::min(tile, N - j0);
         for (std::int64_t k = 0; k < d; ++k) {
           T* dst = cT + k * ldt;
-          for (std::int64_t j = 0; j < nJ; ++j) dst[j] = c[(j0 + j) * ldc + k];
+          for (std::int64_t j = 0; j < nJ; ++j)
+            dst[j] = static_cast<T>(static_cast<double>(rows[j0 + j][k]) - mu[k]);
           for (std::int64_t j = nJ; j < ldt; ++j) dst[j] = T(0);
         }
-        qf_distances<T>(mI, nJ, d, c + i0 * ldc, ldc, cT, ldt, norms + i0, norms + j0, D);
+        qf_distances<T>(mI, nJ, d, cI, d, cT, ldt, norms + i0, norms + j0, D);
         const T* VJp = VI;
         if (J != I) {
           qf_convert_labels<T>(v + j0 * ldv, ldv, nJ, B, Bp, VJ);

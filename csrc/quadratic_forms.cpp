@@ -4,9 +4,11 @@
 // tiled sweep that never stores a kernel matrix (contract:
 // dapkernels/backends/reference_quadratic_forms.py; tile kernels: qf_kernel.h).
 //
-// Memory: a centred copy of z (N × d), the int8 labels of the caller, per thread a few
-// tile × tile and tile × B tiles, Q partials per row tile (N/tile × L' × B doubles) and the
-// fixed-point row sums (L' × N int64); all allocated before the parallel region.
+// Memory beyond the caller's inputs and int8 labels: N row pointers and norms, per thread a few
+// tile × tile, tile × d and tile × B tiles, Q partials per row tile (N/tile × L' × B doubles)
+// and the fixed-point row sums (L' × N int64); all allocated before the parallel region (no
+// centred copy of the sample: tiles are centred as they are loaded).  Allocation failures are
+// std::bad_alloc → MemoryError.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -59,8 +61,8 @@ namespace isa_avx512 {
 
 template <typename T>
 struct Kernels {
-  void (*sweep)(std::int64_t, std::int64_t, const T*, std::int64_t, const T*, const T*, int,
-                bool, const std::int8_t*, std::int64_t, std::int64_t, std::int64_t, double,
+  void (*sweep)(std::int64_t, std::int64_t, const T* const*, const double*, const T*, const T*,
+                int, bool, const std::int8_t*, std::int64_t, std::int64_t, std::int64_t, double,
                 double*, std::int64_t*, int);
   int lanes;
 };
@@ -73,35 +75,33 @@ Kernels<T> kernels() {
   DK_SELECT_ISA(DK_QF_KERNELS, T);
 }
 
-// Centred copy c = z − mean (row stride ldc, padding columns zero) and norms ‖c_i‖² (zero past
-// row N − 1, up to `norm_rows`).  Raises ValueError for non-finite input.
+// Row pointers of the pooled sample, its column means (float64) and the norms ‖c_i‖² of the
+// centred rows c_i = (T)(z_i − mu) (zero past row N − 1, up to `norm_rows`).  Raises ValueError
+// for non-finite input.
 template <typename T>
-void center(const std::vector<Matrix>& parts, std::int64_t N, std::int64_t d, T* c,
-            std::int64_t ldc, T* norms, std::int64_t norm_rows) {
-  std::vector<double> mu(static_cast<std::size_t>(d), 0.0);
+void center(const std::vector<Matrix>& parts, std::int64_t N, std::int64_t d,
+            std::vector<const T*>& rows, std::vector<double>& mu, T* norms,
+            std::int64_t norm_rows) {
+  mu.assign(static_cast<std::size_t>(d), 0.0);
+  rows.clear();
   for (const Matrix& p : parts)
     for (std::int64_t i = 0; i < p.rows; ++i) {
       const T* row = p.data<T>() + i * p.row_stride;
+      rows.push_back(row);
       for (std::int64_t k = 0; k < d; ++k) mu[k] += static_cast<double>(row[k]);
     }
   for (std::int64_t k = 0; k < d; ++k) {
-    if (!std::isfinite(mu[k])) throw py::value_error("z: contains non-finite values");
+    if (!std::isfinite(mu[k])) throw py::value_error("parts: contain non-finite values");
     mu[k] /= static_cast<double>(N);
   }
-  std::int64_t r = 0;
-  for (const Matrix& p : parts)
-    for (std::int64_t i = 0; i < p.rows; ++i, ++r) {
-      const T* row = p.data<T>() + i * p.row_stride;
-      T* out = c + r * ldc;
-      double s = 0.0;
-      for (std::int64_t k = 0; k < d; ++k) {
-        const T v = static_cast<T>(static_cast<double>(row[k]) - mu[k]);
-        out[k] = v;
-        s += static_cast<double>(v) * static_cast<double>(v);
-      }
-      for (std::int64_t k = d; k < ldc; ++k) out[k] = T(0);
-      norms[r] = static_cast<T>(s);
+  for (std::int64_t r = 0; r < N; ++r) {
+    double s = 0.0;
+    for (std::int64_t k = 0; k < d; ++k) {
+      const double c = static_cast<double>(static_cast<T>(static_cast<double>(rows[r][k]) - mu[k]));
+      s += c * c;
     }
+    norms[r] = static_cast<T>(s);
+  }
   for (std::int64_t i = N; i < norm_rows; ++i) norms[i] = T(0);
 }
 
@@ -116,9 +116,9 @@ void run(const std::vector<Matrix>& parts, std::int64_t N, std::int64_t d,
   const std::int64_t nb = (N + tile - 1) / tile;
   const std::int64_t pan = 2 * k.lanes;
   const std::int64_t Bp = (B + pan - 1) / pan * pan;
-  const std::int64_t ldc = d;
   const std::int64_t norm_rows = nb * tile + pan;
-  std::unique_ptr<T[]> c(new T[static_cast<std::size_t>(N * ldc)]);
+  std::vector<const T*> rows;
+  std::vector<double> mu;
   std::unique_ptr<T[]> norms(new T[static_cast<std::size_t>(norm_rows)]);
   std::vector<double> qpart(static_cast<std::size_t>(nb * Lp * Bp));
   std::vector<std::int64_t> rs(static_cast<std::size_t>(Lp * N), 0);
@@ -126,7 +126,7 @@ void run(const std::vector<Matrix>& parts, std::int64_t N, std::int64_t d,
   for (T g : gam)
     if (!std::isfinite(g) || !(g > T(0)))
       throw py::value_error("gammas: out of range of the compute dtype");
-  center<T>(parts, N, d, c.get(), ldc, norms.get(), norm_rows);
+  center<T>(parts, N, d, rows, mu, norms.get(), norm_rows);
   // Fixed point of the row sums: each is at most (N − 1)·L, keep 2 bits of headroom in int64.
   const double bound = static_cast<double>(N) * static_cast<double>(sum_bank ? L : 1) + 1.0;
   const double fscale = std::ldexp(1.0, 61 - static_cast<int>(std::ceil(std::log2(bound))));
@@ -134,8 +134,8 @@ void run(const std::vector<Matrix>& parts, std::int64_t N, std::int64_t d,
   const double work = static_cast<double>(N) * static_cast<double>(N) * (d + B * Lp);
   const int nt = threads > 1 && nb > 1 && work > 1e7
                      ? static_cast<int>(std::min<std::int64_t>(threads, nb)) : 1;
-  k.sweep(N, d, c.get(), ldc, norms.get(), gam.data(), L, sum_bank, v, ldv, B, tile, fscale,
-          qpart.data(), rs.data(), nt);
+  k.sweep(N, d, rows.data(), mu.data(), norms.get(), gam.data(), L, sum_bank, v, ldv, B, tile,
+          fscale, qpart.data(), rs.data(), nt);
   for (int l = 0; l < Lp; ++l) {
     for (std::int64_t b = 0; b < B; ++b) {
       double s = 0.0;

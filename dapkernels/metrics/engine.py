@@ -95,7 +95,10 @@ def bank_gammas(kernels: GaussianKernels, parts: Sequence[torch.Tensor]) -> torc
         return 0.5 / factors
     n_rows = sum(p.shape[0] for p in parts)
     mean = sum(p.sum(0, dtype=torch.float64) for p in parts) / n_rows
-    ss = sum(float((p.to(torch.float64) - mean).pow(2).sum()) for p in parts)
+    ss = 0.0
+    for p in parts:  # in row chunks: no float64 copy of the sample
+        for r0 in range(0, p.shape[0], 4096):
+            ss += float((p[r0:r0 + 4096].to(torch.float64) - mean).pow(2).sum())
     md = 2.0 * ss / n_rows
     if md == 0.0:
         md = 1.0
