@@ -18,7 +18,7 @@ import dapkernels as dk
 from dapkernels.backends import reference_quadratic_forms as oracle
 from dapkernels.backends import torch_quadratic_forms as tiled
 from dapkernels.kernels import GaussianKernels
-from dapkernels.metrics import engine, mmd_test
+from dapkernels.metrics import engine, mmd_test, two_sample
 
 try:
     from dapkernels.backends import cpu_quadratic_forms as core
@@ -181,16 +181,25 @@ def test_wild_exact_against_dense(backend, estimator):
         assert res.observed == pytest.approx(res.statistic, rel=1e-9)
 
 
-def test_float32_input_matches_dense_count():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_float32_input_matches_dense_count(backend, monkeypatch):
+    """Up to EXACT_ROWS rows float32 input is computed in float64: the count is exact; beyond,
+    in float32 (forced here by EXACT_ROWS = 0) the null agrees to float32 rounding."""
     gen = torch.Generator().manual_seed(8)
     x = torch.randn(120, 4, generator=gen)
     y = torch.randn(140, 4, generator=gen) + 0.1
-    res = mmd_test(x, y, num_permutations=200, generator=torch.Generator().manual_seed(4))
     k = _dense_kernels(x, y, GaussianKernels()).sum(0)
     null = _dense_permutation_null(k, 120, 140, 200, 4, "unbiased")
     obs = float(_mmd_split(k, torch.arange(120), torch.arange(120, 260), "unbiased"))
-    torch.testing.assert_close(res.null, null, rtol=0, atol=2e-6)
+    res = mmd_test(x, y, num_permutations=200, generator=torch.Generator().manual_seed(4),
+                   backend=backend)
+    torch.testing.assert_close(res.null, null, rtol=1e-9, atol=1e-12)
     assert res.p_value == (1 + int((null >= obs).sum())) / 201
+    assert res.statistic == float(dk.mmd(x, y))  # the statistic stays dk.mmd's float32 value
+    monkeypatch.setattr(two_sample, "EXACT_ROWS", 0)
+    res32 = mmd_test(x, y, num_permutations=200, generator=torch.Generator().manual_seed(4),
+                     backend=backend)
+    torch.testing.assert_close(res32.null, null, rtol=0, atol=2e-6)
 
 
 def test_threshold_is_the_documented_order_statistic():

@@ -4,6 +4,11 @@ Methods run here: "permutation", "wild" and "aggregated", all on the resampling 
 :mod:`dapkernels.metrics.engine` (formulas, label draw order and routes are documented there);
 "block" and "linear" are dispatched to :mod:`dapkernels.metrics.streaming`.
 
+Precision: up to :data:`EXACT_ROWS` pooled rows the engine runs in float64 (the counts then
+equal a dense float64 computation with the same draws); beyond, in the input's precision
+(float32 tiles, float64 accumulation), where a resampled statistic within float32 rounding of
+the observed one may count differently than in float64.
+
 p-values count the observed statistic in: ``p = (1 + #{b : T_b ≥ T_obs}) / (1 + B)``, so p is
 never 0 and the test has level α exactly under exchangeability.  ``threshold`` is the
 ⌈(1 − α)(B + 1)⌉-th smallest value of the null with the observed statistic included.
@@ -37,10 +42,15 @@ from ..kernels import GaussianKernels
 from . import engine
 from .result import KernelResult, TestResult
 
-__all__ = ["mmd_test", "METHODS", "AGGREGATED_KERNELS"]
+__all__ = ["mmd_test", "METHODS", "AGGREGATED_KERNELS", "EXACT_ROWS"]
 
 METHODS = ("permutation", "wild", "aggregated", "block", "linear")
 ESTIMATORS = ("unbiased", "biased")
+
+#: Up to this many pooled rows the engine computes in float64 whatever the input dtype, so that
+#: the null and the count equal a dense float64 computation (beyond: the input's precision,
+#: float32 with float64 accumulation for float32 input).
+EXACT_ROWS = 4096
 
 #: Default collection of "aggregated": σ_λ² = 2^λ · mean pairwise squared distance, λ = −4 … 5.
 AGGREGATED_KERNELS = GaussianKernels(alphas=tuple(2.0**i for i in range(-4, 6)))
@@ -134,7 +144,11 @@ def mmd_test(
     if xs.dtype in _HALF:
         xs, ys = xs.float(), ys.float()
     xs, ys = xs.detach(), ys.detach()
-    run = _Run(xs, ys, num_permutations, estimator, float(alpha), generator, backend, progress)
+    ex, ey = xs, ys
+    if n + m <= EXACT_ROWS and xs.dtype != torch.float64:
+        ex, ey = xs.double(), ys.double()
+    run = _Run(xs, ys, ex, ey, num_permutations, estimator, float(alpha), generator, backend,
+               progress)
     if method == "aggregated":
         return run.aggregated(kernels or AGGREGATED_KERNELS)
     return run.single(kernels or _DEFAULT_KERNELS, method)
@@ -143,8 +157,10 @@ def mmd_test(
 class _Run:
     """One call of :func:`mmd_test` on validated (n, d) / (m, d) tensors."""
 
-    def __init__(self, x, y, num, estimator, alpha, generator, backend, progress) -> None:
-        self.x, self.y = x, y
+    def __init__(self, x, y, ex, ey, num, estimator, alpha, generator, backend,
+                 progress) -> None:
+        self.x, self.y = x, y  # as given: the statistic, dk.mmd's
+        self.ex, self.ey = ex, ey  # as the engine computes (float64 up to EXACT_ROWS rows)
         self.n, self.m = x.shape[0], y.shape[0]
         self.num, self.estimator, self.alpha = num, estimator, alpha
         self.generator, self.backend, self.progress = generator, backend, progress
@@ -155,7 +171,7 @@ class _Run:
         labels = (engine.wild_labels(n, num, self.generator, device) if wild
                   else engine.permutation_labels(n, m, num, self.generator, device))
         k0 = float(gammas.numel()) if sum_bank else 1.0
-        diag = engine.cross_diagonal(self.x, self.y, gammas, sum_bank) if wild else None
+        diag = engine.cross_diagonal(self.ex, self.ey, gammas, sum_bank) if wild else None
         bar = self._bar(num)
         out = []
         for v in labels:
@@ -164,7 +180,7 @@ class _Run:
                 tiles = math.ceil((n + m) / 512)
                 def tick(bar=bar, step=v.shape[1] / tiles):
                     bar.update(step)
-            q, rowsums, total = engine.quadratic_forms([self.x, self.y], gammas, v, sum_bank,
+            q, rowsums, total = engine.quadratic_forms([self.ex, self.ey], gammas, v, sum_bank,
                                                        self.backend, on_row_tile=tick)
             if wild:
                 stats = engine.wild_statistics(q, diag, n, self.estimator, k0)
