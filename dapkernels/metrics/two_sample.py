@@ -37,6 +37,7 @@ import math
 import torch
 
 from .._validation import as_features, check_finite, check_same_space
+from ..backends import torch_quadratic_forms as _tiled
 from ..functional import mmd
 from ..kernels import GaussianKernels
 from . import engine
@@ -174,14 +175,19 @@ class _Run:
         diag = engine.cross_diagonal(self.ex, self.ey, gammas, sum_bank) if wild else None
         bar = self._bar(num)
         out = []
+        done = 0
         for v in labels:
             tick = None
-            if bar is not None:
-                tiles = math.ceil((n + m) / 512)
-                def tick(bar=bar, step=v.shape[1] / tiles):
+            if bar is not None:  # the tiled torch route reports each row tile of the sweep
+                step = v.shape[1] / math.ceil((n + m) / _tiled.DEFAULT_TILE)
+
+                def tick(bar=bar, step=step):
                     bar.update(step)
             q, rowsums, total = engine.quadratic_forms([self.ex, self.ey], gammas, v, sum_bank,
                                                        self.backend, on_row_tile=tick)
+            done += v.shape[1]
+            if bar is not None:
+                bar.update(done - bar.n)
             if wild:
                 stats = engine.wild_statistics(q, diag, n, self.estimator, k0)
             else:
