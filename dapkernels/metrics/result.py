@@ -40,7 +40,8 @@ class TestResult:
         reject: ``p_value <= alpha`` (aggregated: any kernel rejects at its corrected level).
         threshold: the critical value of the statistic at level ``alpha`` (the ⌈(1 − α)(B + 1)⌉-th
             smallest of the null with the observed one included, or the normal quantile).
-        null: the B resampled statistics in draw order (float64, CPU), or ``None`` when the
+        null: the B resampled statistics in draw order (float64, CPU; "aggregated": (L, B),
+            each kernel's statistics under the first permutation set), or ``None`` when the
             null is Gaussian.
         method: "permutation" | "wild" | "aggregated" | "block" | "linear".
         num_permutations: B (0 for Gaussian-null methods).
