@@ -128,3 +128,77 @@ def test_wrapper_checks_labels():
     with pytest.raises(ValueError, match="rows"):
         core.quadratic_forms(z, g, v[:9], True)
     assert oracle.quadratic_forms(z, g, v, True)[0].shape == (1, 3)
+
+
+_OMP_CHILD = """
+import sys, torch
+from dapkernels.backends import cpu_quadratic_forms as core
+gen = torch.Generator().manual_seed(3)
+z = torch.randn(700, 9, generator=gen)
+v = torch.randint(-1, 2, (700, 50), generator=gen).to(torch.int8)
+g = torch.tensor([0.03, 0.2], dtype=torch.float64)
+out = [*core.quadratic_forms(z, g, v, True, tile=64, threads=int(sys.argv[2])),
+       *core.quadratic_forms(z, g, v, False, tile=64, threads=int(sys.argv[2]))]
+torch.save(out, sys.argv[1])
+"""
+
+
+def _omp_reference():
+    gen = torch.Generator().manual_seed(3)
+    z = torch.randn(700, 9, generator=gen)
+    v = torch.randint(-1, 2, (700, 50), generator=gen).to(torch.int8)
+    g = torch.tensor([0.03, 0.2], dtype=torch.float64)
+    return [*core.quadratic_forms(z, g, v, True, tile=64, threads=1),
+            *core.quadratic_forms(z, g, v, False, tile=64, threads=1)]
+
+
+@pytest.mark.parametrize(
+    "env, threads",
+    [({"OMP_THREAD_LIMIT": "1"}, 2), ({"OMP_DYNAMIC": "true"}, 2), ({"OMP_NUM_THREADS": "8"}, 8)],
+)
+def test_openmp_settings_give_the_same_bits(tmp_path, env, threads):
+    out = tmp_path / "run.pt"
+    subprocess.run([sys.executable, "-c", _OMP_CHILD, str(out), str(threads)],
+                   env={**os.environ, **env}, check=True,
+                   cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    for a, b in zip(torch.load(out), _omp_reference()):
+        assert torch.equal(a, b)
+
+
+def test_nested_inside_an_outer_parallel_region():
+    expected = _omp_reference()
+    gen = torch.Generator().manual_seed(3)
+    z = torch.randn(700, 9, generator=gen)
+    v = torch.randint(-1, 2, (700, 50), generator=gen).to(torch.int8)
+    g = torch.tensor([0.03, 0.2], dtype=torch.float64)
+    results = _C.call_from_parallel_region(
+        lambda i: core.quadratic_forms(z, g, v, True, tile=64, threads=2), 2)
+    for r in [r for r in results if r is not None]:
+        for a, b in zip(r, expected[:3]):
+            assert torch.equal(a, b)
+
+
+_OOM_CHILD = """
+import resource, torch
+from dapkernels.backends import cpu_quadratic_forms as core
+z = torch.randn(20000, 4)
+v = torch.ones(20000, 1000, dtype=torch.int8)   # tile = 1: Q partials need 20000 × 1024 doubles
+g = torch.tensor([0.5], dtype=torch.float64)
+soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+used = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
+resource.setrlimit(resource.RLIMIT_AS, (used + 64 * 2**20, hard))
+try:
+    core.quadratic_forms(z, g, v, True, tile=1, threads=2)
+except MemoryError:
+    print("MemoryError")
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or "DAPKERNELS_SANITIZED" in os.environ,
+                    reason="needs /proc and RLIMIT_AS (AddressSanitizer reserves terabytes)")
+def test_allocation_failure_is_a_memory_error():
+    proc = subprocess.run([sys.executable, "-c", _OOM_CHILD], capture_output=True, text=True,
+                          timeout=300,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "MemoryError"
