@@ -99,9 +99,10 @@ def bank_gammas(kernels: GaussianKernels, parts: Sequence[torch.Tensor]) -> torc
     n_rows = sum(p.shape[0] for p in parts)
     mean = sum(p.sum(0, dtype=torch.float64) for p in parts) / n_rows
     ss = 0.0
-    for p in parts:  # in row chunks: no float64 copy of the sample
-        for r0 in range(0, p.shape[0], 4096):
-            ss += float((p[r0:r0 + 4096].to(torch.float64) - mean).pow(2).sum())
+    for p in parts:  # in row chunks of ≤ 2^17 values: no float64 copy of the sample
+        step = max(1, 2**17 // p.shape[1])
+        for r0 in range(0, p.shape[0], step):
+            ss += float((p[r0:r0 + step].to(torch.float64) - mean).pow_(2).sum())
     md = 2.0 * ss / n_rows
     if md == 0.0:
         md = 1.0
@@ -209,7 +210,7 @@ def wild_labels(
 
 def _rowsums_dot(rowsums: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """``rowsums @ v`` in float64, (L', N) × (N, c) → (L', c), a few columns at a time."""
-    step = max(1, 2**20 // max(v.shape[0], 1))
+    step = max(1, 2**17 // max(v.shape[0], 1))  # ≤ 1 MiB of float64 labels at a time
     out = torch.empty(rowsums.shape[0], v.shape[1], dtype=torch.float64, device=rowsums.device)
     for c0 in range(0, v.shape[1], step):
         out[:, c0:c0 + step] = rowsums @ v[:, c0:c0 + step].to(torch.float64)
@@ -235,8 +236,9 @@ def cross_diagonal(x: torch.Tensor, y: torch.Tensor, gammas: torch.Tensor,
     """``D[l] = Σ_i k_l(x_i, y_i)`` in float64, (L',) (the pairs of the wild bootstrap)."""
     g = gammas.to(device=x.device, dtype=torch.float64)
     d = torch.zeros(g.shape[0], dtype=torch.float64, device=x.device)
-    for r0 in range(0, x.shape[0], 4096):  # row chunks: no float64 copy of the sample
-        diff = x[r0:r0 + 4096].to(torch.float64) - y[r0:r0 + 4096].to(torch.float64)
+    step = max(1, 2**17 // x.shape[1])
+    for r0 in range(0, x.shape[0], step):  # row chunks: no float64 copy of the sample
+        diff = x[r0:r0 + step].to(torch.float64) - y[r0:r0 + step].to(torch.float64)
         d += torch.exp(-g[:, None] * diff.pow(2).sum(1)[None]).sum(1)
     return d.sum(0, keepdim=True) if sum_bank else d
 
