@@ -146,13 +146,19 @@ void qf_convert_labels(const std::int8_t* v, std::int64_t ldv, std::int64_t rows
 
 // Per-thread scratch in elements of T: D, K and c_Jᵀ tiles (tile × ldt, d × ldt), the centred
 // rows c_I (tile × d), V_I and V_J (tile × Bp each), then (as doubles, 2 T each for float) row
-// and column sums (tile each).
+// and column sums (tile each).  Every piece starts on a 64-byte boundary of the block.
+constexpr std::int64_t qf_align(std::int64_t elems, std::int64_t size) {
+  const std::int64_t per_line = 64 / size;
+  return (elems + per_line - 1) / per_line * per_line;
+}
+
 template <typename T>
 std::int64_t qf_scratch_per_thread(std::int64_t tile, std::int64_t ldt, std::int64_t d,
                                    std::int64_t Bp) {
+  constexpr std::int64_t S = sizeof(T);
   const std::int64_t per_double = static_cast<std::int64_t>(sizeof(double) / sizeof(T));
-  return 2 * tile * ldt + d * ldt + tile * d + 2 * tile * Bp + 2 * tile * per_double +
-         2 * kLanes<T>;
+  return 2 * qf_align(tile * ldt, S) + qf_align(d * ldt, S) + qf_align(tile * d, S) +
+         2 * qf_align(tile * Bp, S) + 2 * qf_align(tile * per_double, S);
 }
 
 // The sweep.  rows[i]: row i of the pooled sample (d values), centred on the fly as
@@ -173,19 +179,23 @@ void qf_sweep(std::int64_t N, std::int64_t d, const T* const* rows, const double
   const std::int64_t nb = (N + tile - 1) / tile;
   const int Lp = sum_bank ? 1 : L;
   const std::int64_t per = qf_scratch_per_thread<T>(tile, ldt, d, Bp);
-  std::unique_ptr<T[]> scratch(new T[static_cast<std::size_t>(per * nt)]);
+  constexpr std::int64_t S = sizeof(T);
+  // 64-byte aligned block (operator new[] of T guarantees only alignof(T))
+  std::unique_ptr<T[]> scratch(new T[static_cast<std::size_t>(per * nt + 64 / S)]);
+  T* base = scratch.get();
+  base += (64 - reinterpret_cast<std::uintptr_t>(base) % 64) % 64 / S;
   std::fill(qpart, qpart + nb * Lp * Bp, 0.0);
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
-    T* mine = scratch.get() + per * thread_index();
+    T* mine = base + per * thread_index();
     T* D = mine;
-    T* K = D + tile * ldt;
-    T* cT = K + tile * ldt;
-    T* cI = cT + d * ldt;
-    T* VI = cI + tile * d;
-    T* VJ = VI + tile * Bp;
-    double* rowsum = reinterpret_cast<double*>(VJ + tile * Bp);
-    double* colsum = rowsum + tile;
+    T* K = D + qf_align(tile * ldt, S);
+    T* cT = K + qf_align(tile * ldt, S);
+    T* cI = cT + qf_align(d * ldt, S);
+    T* VI = cI + qf_align(tile * d, S);
+    T* VJ = VI + qf_align(tile * Bp, S);
+    double* rowsum = reinterpret_cast<double*>(VJ + qf_align(tile * Bp, S));
+    double* colsum = rowsum + qf_align(tile, 8);
 #pragma omp for schedule(dynamic, 1)
     for (std::int64_t I = 0; I < nb; ++I) {
       const std::int64_t i0 = I * tile, mI = std::min(tile, N - i0);
