@@ -13,6 +13,7 @@ namespace py = pybind11;
 
 void register_mmd(py::module_& m);
 void register_coral(py::module_& m);
+void register_quadratic_forms(py::module_& m);
 
 // Test hook: calls fn(i) once from each thread i of an OpenMP region of `threads` threads,
 // each call holding the GIL, so that tests can run the core nested inside an outer parallel
@@ -54,4 +55,5 @@ PYBIND11_MODULE(_C, m) {
         py::arg("threads"), "Test hook: fn(i) from each thread i of an OpenMP region.");
   register_mmd(m);
   register_coral(m);
+  register_quadratic_forms(m);
 }

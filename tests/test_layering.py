@@ -35,7 +35,10 @@ LAYERS: list[tuple[str, dict[str, tuple[str, ...]]]] = [
         "_version": ("dapkernels._version",),
         "_torch_private": ("dapkernels._torch_private",),
     }),
-    ("reference backend", {"backends.reference": ("dapkernels.backends.reference*",)}),
+    ("reference backend", {
+        "backends.reference": ("dapkernels.backends.reference*",),
+        "backends.torch": ("dapkernels.backends.torch*",),
+    }),
     ("device backends", {
         "backends.cpu": ("dapkernels.backends.cpu*",),
         "backends.triton": ("dapkernels.backends.triton",),

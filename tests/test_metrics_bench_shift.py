@@ -32,9 +32,7 @@ def test_bench_shift_quick_end_to_end(tmp_path, capsys):
         assert c["peak_growth_bytes"] is not None and c["peak_growth_bytes"] < 64 * 2**20
     assert stream[0]["num_blocks"] == 77 and stream[0]["block_size"] == 77
     perm = [c for c in payload["cases"] if c["group"] == "permutation"]
-    assert perm and all(c["status"] in ("ok", "unavailable") for c in perm)
-    for c in perm:
-        assert ("seconds" in c) == (c["status"] == "ok")
+    assert perm and all(c["status"] == "ok" and c["seconds"] > 0 for c in perm)
     assert (out / "shift.png").read_bytes()[:8] == PNG_MAGIC
     assert not list(tmp_path.glob("dk_shift_*"))  # the memmapped inputs are removed
 

@@ -40,7 +40,8 @@ class TestResult:
         reject: ``p_value <= alpha`` (aggregated: any kernel rejects at its corrected level).
         threshold: the critical value of the statistic at level ``alpha`` (the ⌈(1 − α)(B + 1)⌉-th
             smallest of the null with the observed one included, or the normal quantile).
-        null: the B resampled statistics in draw order (float64, CPU), or ``None`` when the
+        null: the B resampled statistics in draw order (float64, CPU; "aggregated": (L, B),
+            each kernel's statistics under the first permutation set), or ``None`` when the
             null is Gaussian.
         method: "permutation" | "wild" | "aggregated" | "block" | "linear".
         num_permutations: B (0 for Gaussian-null methods).
@@ -51,6 +52,11 @@ class TestResult:
         num_blocks: "block" / "linear": the number K of units averaged (0 otherwise).
         block_size: "block": rows per domain in a block; "linear": 2 (0 otherwise).
         sigma2: "block" / "linear": the bandwidths σ_q² of the bank used (empty otherwise).
+        observed: the observed statistic as the resampling engine computes it (the resampled
+            statistic at the identity permutation / all signs +1), the value ``p_value`` and
+            ``threshold`` refer to; equals ``statistic`` up to rounding except for "wild" with
+            the unbiased estimator (complete U-statistic; see ``dapkernels.metrics.engine``).
+            ``None`` for Gaussian-null methods.
     """
 
     statistic: float
@@ -67,3 +73,4 @@ class TestResult:
     num_blocks: int = 0
     block_size: int = 0
     sigma2: tuple[float, ...] = ()
+    observed: float | None = None

@@ -1,0 +1,134 @@
+"""Tiled torch engine of the quadratic-forms contract: CPU and CUDA, no N × N matrix stored.
+
+Contract (see :mod:`dapkernels.backends.reference_quadratic_forms`)::
+
+    quadratic_forms(z, gammas, v, sum_bank) -> (Q (L', B), rowsums (L', N), total (L',))
+
+with ``Q[l, b] = Σ_{i≠j} K_l[i, j] v[i, b] v[j, b]``, ``rowsums[l, i] = Σ_{j≠i} K_l[i, j]``,
+``total[l] = Σ_{i≠j} K_l[i, j]``, ``K_l[i, j] = exp(−γ_l ‖z_i − z_j‖²)`` (``K = Σ_l K_l``
+when ``sum_bank``, L' = 1; else L' = L).
+
+Sweep: the rows are cut into tiles of T rows; for every tile pair I ≤ J
+
+1. ``D_IJ = ‖c_I‖² + ‖c_J‖² − 2 c_I c_Jᵀ`` (clamped at 0) on centred rows ``c = z − mean``
+   (centring removes the cancellation a common offset would cause);
+2. the bank ``K_IJ = Σ_l exp(−γ_l D_IJ)`` (or each ``K_l`` alone), diagonal zeroed when I = J;
+3. the label product ``P = K_IJ · V_J`` (T × B) reduced on the fly:
+   ``Q += w · Σ_{i∈I} V_I[i, :] ∘ P[i, :]`` with ``w = 2`` for I < J (the symmetric tile
+   (J, I) contributes the same) and ``w = 1`` on the diagonal tile;
+4. ``rowsums[I] += K_IJ 1`` and, for I < J, ``rowsums[J] += K_IJᵀ 1``.
+
+Compute dtype: float64 for float64 input, else float32; every reduction (Q, rowsums) is
+accumulated in float64 across tiles.  Scratch: a few T × T and T × B tiles of the compute
+dtype (T = 512 by default), independent of N; labels stay int8 and are converted one tile at a
+time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+__all__ = ["quadratic_forms", "quadratic_forms_parts", "DEFAULT_TILE"]
+
+#: Rows per tile (T): scratch is O(T² + T·B) elements of the compute dtype.
+DEFAULT_TILE = 512
+
+
+class _Rows:
+    """Row ranges of the pooled sample ``[parts[0]; parts[1]; …]`` without concatenating it."""
+
+    def __init__(self, parts: Sequence[torch.Tensor], dtype: torch.dtype) -> None:
+        self.parts = list(parts)
+        self.dtype = dtype
+        self.starts = []
+        start = 0
+        for p in self.parts:
+            self.starts.append(start)
+            start += p.shape[0]
+        self.n = start
+        total = torch.zeros(self.parts[0].shape[1], dtype=torch.float64,
+                            device=self.parts[0].device)
+        for p in self.parts:
+            total += p.sum(0, dtype=torch.float64)
+        self.mean = (total / self.n).to(dtype)
+
+    def get(self, i0: int, i1: int) -> torch.Tensor:
+        """Centred rows ``i0 … i1 − 1`` in the compute dtype (a fresh tile)."""
+        pieces = []
+        for p, s in zip(self.parts, self.starts):
+            a, b = max(i0, s), min(i1, s + p.shape[0])
+            if a < b:
+                pieces.append(p[a - s:b - s].to(self.dtype))
+        rows = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+        return rows - self.mean
+
+
+def quadratic_forms_parts(
+    parts: Sequence[torch.Tensor],
+    gammas: torch.Tensor,
+    v: torch.Tensor,
+    sum_bank: bool,
+    tile: int = DEFAULT_TILE,
+    on_row_tile: Callable[[], None] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The contract on ``z = [parts[0]; parts[1]; …]`` (row blocks of equal width, one device).
+
+    ``on_row_tile`` is called once per row tile I (progress reporting).
+    """
+    device = parts[0].device
+    cdt = torch.float64 if parts[0].dtype == torch.float64 else torch.float32
+    rows = _Rows(parts, cdt)
+    n_rows = rows.n
+    nb = v.shape[1]
+    g = [float(x) for x in gammas.detach().cpu().to(torch.float64)]
+    lp = 1 if sum_bank else len(g)
+    q = torch.zeros(lp, nb, dtype=torch.float64, device=device)
+    rowsums = torch.zeros(lp, n_rows, dtype=torch.float64, device=device)
+    norms = torch.empty(n_rows, dtype=cdt, device=device)
+    for i0 in range(0, n_rows, tile):
+        i1 = min(i0 + tile, n_rows)
+        c = rows.get(i0, i1)
+        norms[i0:i1] = (c * c).sum(1)
+    for i0 in range(0, n_rows, tile):
+        i1 = min(i0 + tile, n_rows)
+        ci = rows.get(i0, i1)
+        vi = v[i0:i1].to(cdt)
+        for j0 in range(i0, n_rows, tile):
+            j1 = min(j0 + tile, n_rows)
+            cj = ci if j0 == i0 else rows.get(j0, j1)
+            vj = vi if j0 == i0 else v[j0:j1].to(cdt)
+            dist = torch.addmm(norms[i0:i1, None] + norms[None, j0:j1], ci, cj.T, alpha=-2.0)
+            dist.clamp_(min=0.0)
+            w = 1.0 if j0 == i0 else 2.0
+            kernels = _bank(dist, g, sum_bank)
+            for idx, k in enumerate(kernels):
+                if j0 == i0:
+                    k.fill_diagonal_(0.0)
+                p = k @ vj
+                q[idx] += w * torch.einsum("ib,ib->b", vi, p).to(torch.float64)
+                rowsums[idx, i0:i1] += k.sum(1, dtype=torch.float64)
+                if j0 != i0:
+                    rowsums[idx, j0:j1] += k.sum(0, dtype=torch.float64)
+        if on_row_tile is not None:
+            on_row_tile()
+    return q, rowsums, rowsums.sum(1)
+
+
+def _bank(dist: torch.Tensor, g: list, sum_bank: bool) -> list:
+    """``[Σ_l exp(−γ_l D)]`` when ``sum_bank``, else ``[exp(−γ_0 D), exp(−γ_1 D), …]``."""
+    if not sum_bank:
+        return [torch.exp(dist * -gl) for gl in g]
+    k = torch.exp(dist * -g[0])
+    for gl in g[1:]:
+        k += torch.exp(dist * -gl)
+    return [k]
+
+
+def quadratic_forms(
+    z: torch.Tensor, gammas: torch.Tensor, v: torch.Tensor, sum_bank: bool,
+    tile: int = DEFAULT_TILE,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The engine contract on a pooled (N, d) sample (see the module docstring)."""
+    return quadratic_forms_parts([z], gammas, v, sum_bank, tile)
