@@ -22,7 +22,7 @@ import torch
 
 from .timing import timed_call
 
-__all__ = ["GiB", "MiB", "measure_peak_growth", "available_memory_bytes"]
+__all__ = ["GiB", "MiB", "measure_peak_growth", "available_memory_bytes", "reset_peak_rss"]
 
 GiB = 1024**3
 MiB = 1024**2
@@ -45,7 +45,8 @@ def _malloc_trim() -> None:
         libc.malloc_trim(0)
 
 
-def _reset_peak_rss() -> bool:
+def reset_peak_rss() -> bool:
+    """Resets the process's peak resident set (``VmHWM``); False where /proc does not allow it."""
     try:
         with open("/proc/self/clear_refs", "w") as fh:
             fh.write("5")
@@ -71,7 +72,7 @@ def measure_peak_growth(fn: Callable[[], object], device: torch.device) -> tuple
         return max(0, peak - base), "cuda max_memory_allocated", seconds
     _malloc_trim()
     rss = _status_kib("VmRSS")
-    if _reset_peak_rss():
+    if reset_peak_rss():
         seconds = timed_call(fn, device)
         return max(0, _status_kib("VmHWM") - rss) * 1024, "VmHWM (clear_refs)", seconds
     seconds = timed_call(fn, device)

@@ -37,6 +37,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .memory import MiB, reset_peak_rss
+
 __all__ = ["add_arguments", "run", "measure", "write_memmap", "FULL_STREAM", "FULL_PERM"]
 
 #: (rows per domain, d) of the streaming cases.
@@ -45,7 +47,6 @@ QUICK_STREAM = (20_000, 32)
 #: (rows per domain, d, permutations) of the permutation cases.
 FULL_PERM = ((10_000, 256, 1000), (100_000, 128, 200))
 QUICK_PERM = ((500, 32, 100),)
-MiB = 1 << 20
 _RESULT = "RESULT:"
 _WRITE_ROWS = 65536
 
@@ -100,15 +101,6 @@ class _PeakAnon:
         self._sample()
 
 
-def _reset_hwm() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def _measured(fn) -> dict:
     """Runs ``fn()`` once; seconds and the memory growths of the module docstring."""
     import gc
@@ -116,7 +108,7 @@ def _measured(fn) -> dict:
     gc.collect()
     anon0, file0 = _status_kib("RssAnon"), _status_kib("RssFile")
     rss0 = _status_kib("VmRSS")
-    hwm_ok = _reset_hwm()
+    hwm_ok = reset_peak_rss()
     with _PeakAnon() as sampler:
         start = time.perf_counter()
         out = fn()

@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 
 from .errors import agree, signature
-from .gather import all_reduce_sum
+from .gather import all_reduce_sum, scale_grad
 
 __all__ = ["agree_inputs", "global_means"]
 
@@ -36,19 +36,6 @@ def agree_inputs(group, f_s, f_t, w_s, w_t) -> None:
           f"features of shape (·, {shape})")
 
 
-class _Local(torch.autograd.Function):
-    """Identity forward; backward multiplies by ``scale``."""
-
-    @staticmethod
-    def forward(ctx, x, scale):
-        ctx.scale = scale
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad * ctx.scale, None
-
-
 def global_means(group, l_s, l_t, correct_s, correct_t) -> tuple[torch.Tensor, torch.Tensor]:
     """``(loss, balanced accuracy)`` of the global batch from this rank's per-sample terms."""
     world = dist.get_world_size(group)
@@ -63,7 +50,7 @@ def global_means(group, l_s, l_t, correct_s, correct_t) -> tuple[torch.Tensor, t
     n, m = tot[1], tot[3]
     value = (0.5 * (tot[0] / n + tot[2] / m)).to(l_s.dtype)
     mine = 0.5 * (l_s.sum() / n.to(l_s.dtype) + l_t.sum() / m.to(l_t.dtype))
-    mine = _Local.apply(mine, world)
+    mine = scale_grad(mine, world)
     loss = mine - mine.detach() + value
     acc = (0.5 * (tot[4] / n + tot[5] / m)).to(l_s.dtype)
     return loss, acc

@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-from torch.autograd.function import once_differentiable
 
+from ..ops.coral import coral_symmetric_log
 from .errors import agree, signature
 from .gather import all_reduce_sum
 from .mmd import _features, _first_device, _out_dtype
@@ -83,33 +83,6 @@ def global_coral(f_s: torch.Tensor, f_t: torch.Tensor, log: bool, eps: float,
     return _GlobalCORAL.apply((group, n, m, bool(log), float(eps), grad), xs, xt)
 
 
-class _SymLog(torch.autograd.Function):
-    """``log C = V diag(log max(λ, eps)) Vᵀ`` of a symmetric PSD matrix; Daleckii–Krein
-    backward ``V (Λ_f ∘ (Vᵀ Ḡ V)) Vᵀ`` with divided differences (finite for repeated
-    eigenvalues)."""
-
-    @staticmethod
-    def forward(ctx, c, eps):
-        lam, vec = torch.linalg.eigh(c)
-        floored = lam.clamp_min(eps)
-        f = floored.log()
-        fp = torch.where(lam > eps, 1.0 / floored, torch.zeros_like(lam))
-        ctx.save_for_backward(lam, vec, f, fp)
-        return (vec * f) @ vec.mT
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad):
-        lam, vec, f, fp = ctx.saved_tensors
-        dl = lam[:, None] - lam[None, :]
-        df = f[:, None] - f[None, :]
-        close = dl.abs() <= 1e-9 * lam.abs().max().clamp_min(1e-300)
-        slope = 0.5 * (fp[:, None] + fp[None, :])
-        loewner = torch.where(close, slope, df / torch.where(close, 1.0, dl))
-        sym = 0.5 * (grad + grad.mT)
-        return vec @ (loewner * (vec.mT @ sym @ vec)) @ vec.mT, None
-
-
 class _GlobalCORAL(torch.autograd.Function):
     """Forward: two all-reduces (2d sums, 2d² products), the loss and ``G = ∂L/∂C``; the local
     rows' gradient is stored.  Backward: ``grad_output · W · stored``."""
@@ -127,7 +100,7 @@ class _GlobalCORAL(torch.autograd.Function):
             cs = (prods[0] / (n - 1)).requires_grad_()
             ct = (prods[1] / (m - 1)).requires_grad_()
             if log:
-                diff = _SymLog.apply(cs, eps) - _SymLog.apply(ct, eps)
+                diff = coral_symmetric_log(cs, eps) - coral_symmetric_log(ct, eps)
             else:
                 diff = cs - ct
             value = diff.square().sum() / (4.0 * d * d)

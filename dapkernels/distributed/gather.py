@@ -13,7 +13,7 @@ import torch.distributed as dist
 
 from .errors import comm_device
 
-__all__ = ["all_gather_rows", "all_reduce_sum", "world_size", "rank"]
+__all__ = ["all_gather_rows", "all_reduce_sum", "world_size", "rank", "scale_grad"]
 
 
 def world_size(group) -> int:
@@ -59,3 +59,22 @@ def all_reduce_sum(x: torch.Tensor, group) -> torch.Tensor:
     buf = x.detach().to(dev, copy=True)
     dist.all_reduce(buf, op=dist.ReduceOp.SUM, group=group)
     return buf.to(x.device)
+
+
+class _ScaleGrad(torch.autograd.Function):
+    """Identity forward; backward multiplies the gradient by ``scale``."""
+
+    @staticmethod
+    def forward(ctx, x, scale):
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * ctx.scale, None
+
+
+def scale_grad(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """``x`` unchanged, with its gradient multiplied by ``scale`` in backward (the group size
+    W of the gradient convention: DDP's averaging then gives the global gradient)."""
+    return _ScaleGrad.apply(x, scale)

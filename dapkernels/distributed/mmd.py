@@ -59,7 +59,7 @@ from .._validation import check_estimator, check_finite
 from ..kernels import GaussianKernels
 from ..ops.mmd import mmd_linear
 from .errors import agree, signature
-from .gather import all_gather_rows, all_reduce_sum
+from .gather import all_gather_rows, all_reduce_sum, scale_grad
 
 __all__ = ["global_mmd", "estimator_weights", "rows_vs_cols", "exp_plan", "CHUNK_ROWS",
            "CHUNK_COLS"]
@@ -222,19 +222,6 @@ def _gather_layers(srcs, tgts, counts_s, counts_t, group) -> tuple[list, list]:
     return list(src_rows.split(widths, dim=1)), list(tgt_rows.split(widths, dim=1))
 
 
-class _ScaleGrad(torch.autograd.Function):
-    """Identity forward; backward multiplies the gradient by ``scale`` (the group size)."""
-
-    @staticmethod
-    def forward(ctx, x, scale):
-        ctx.scale = scale
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad * ctx.scale, None
-
-
 def _linear(srcs, tgts, kernels, counts_s, counts_t, group) -> torch.Tensor:
     """The linear estimate of the global batch: O(N·d) on every rank from the gathered rows,
     with this rank's own rows (not the gathered copies) in their place, so autograd gives
@@ -242,9 +229,9 @@ def _linear(srcs, tgts, kernels, counts_s, counts_t, group) -> torch.Tensor:
     me, world = dist.get_rank(group), dist.get_world_size(group)
     g_src, g_tgt = _gather_layers(srcs, tgts, counts_s, counts_t, group)
     a_s, a_t = sum(counts_s[:me]), sum(counts_t[:me])
-    mixed_s = [_ScaleGrad.apply(torch.cat((g[:a_s].to(s.dtype), s, g[a_s + s.shape[0]:]
+    mixed_s = [scale_grad(torch.cat((g[:a_s].to(s.dtype), s, g[a_s + s.shape[0]:]
                                            .to(s.dtype))), world) for g, s in zip(g_src, srcs)]
-    mixed_t = [_ScaleGrad.apply(torch.cat((g[:a_t].to(t.dtype), t, g[a_t + t.shape[0]:]
+    mixed_t = [scale_grad(torch.cat((g[:a_t].to(t.dtype), t, g[a_t + t.shape[0]:]
                                            .to(t.dtype))), world) for g, t in zip(g_tgt, tgts)]
     check_estimator("linear", mixed_s[0].shape[0], mixed_t[0].shape[0])
     return mmd_linear(mixed_s, mixed_t, [k.sigma2_factors for k in kernels],

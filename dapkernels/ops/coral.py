@@ -27,7 +27,8 @@ from .._validation import check_finite
 from ..backends import reference
 from ._autograd import direct_apply, mul_grad, scale_grad
 
-__all__ = ["coral_fused", "coral_fused_op", "coral_fused_backward", "coral_path", "coral_log"]
+__all__ = ["coral_fused", "coral_fused_op", "coral_fused_backward", "coral_path", "coral_log",
+           "coral_symmetric_log"]
 
 
 def coral_path(xs: torch.Tensor, xt: torch.Tensor) -> str:
@@ -188,6 +189,12 @@ class _SymLog(torch.autograd.Function):
         return vec @ (loewner * (vec.mT @ sym @ vec)) @ vec.mT, None
 
 
+def coral_symmetric_log(c: torch.Tensor, eps: float) -> torch.Tensor:
+    """``log C = V diag(log max(λ, eps)) Vᵀ`` of a symmetric PSD (d, d) matrix, differentiable
+    once (Daleckii–Krein backward); shared by :func:`coral_log` and the global-batch CORAL."""
+    return _SymLog.apply(c, eps)
+
+
 def coral_log(
     xs: torch.Tensor, xt: torch.Tensor, eps: float, out_dtype: torch.dtype
 ) -> torch.Tensor:
@@ -213,5 +220,5 @@ def coral_log(
     zt = x64t - x64t.mean(dim=0, keepdim=True)
     cs = zs.mT @ zs / (xs.shape[0] - 1)
     ct = zt.mT @ zt / (xt.shape[0] - 1)
-    diff = _SymLog.apply(cs, eps) - _SymLog.apply(ct, eps)
+    diff = coral_symmetric_log(cs, eps) - coral_symmetric_log(ct, eps)
     return (diff.square().sum() / (4.0 * d * d)).to(out_dtype)
