@@ -268,8 +268,9 @@ def compile_job(job: Job) -> dict[str, object]:
         "registers": int(regs[-1]) if regs else -1,
         "spill_bytes": sum(int(a) + int(b) for a, b in spills) if spills else -1,
         "shared_bytes": int(kernel.metadata.shared),
-        # tensor-core instruction selected: Hopper warpgroup MMA, Ampere mma.sync, or none
-        "mma": next((m for m in ("wgmma", "mma.sync") if m in kernel.asm["ptx"]), "fma"),
+        # tensor cores: Blackwell tcgen05, Hopper wgmma, Ampere mma.sync, or none
+        "mma": next((m for m in ("tcgen05", "wgmma", "mma.sync") if m in kernel.asm["ptx"]),
+                    "fma"),
     }
 
 

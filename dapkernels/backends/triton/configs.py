@@ -42,7 +42,8 @@ COMPUTE_DTYPE = {
     torch.float16: torch.float16,
     torch.bfloat16: torch.bfloat16,
 }
-PREP_BLOCK_R = 64
+#: 32-row blocks: 64 rows spilled for float16 / bfloat16 inputs on sm_86 and sm_89.
+PREP_BLOCK_R = 32
 PREP_BLOCK_C = 32
 PREP_MAX_PROGRAMS = 1024
 MAX_LAYERS = mmd_kernels.MAX_LAYERS.value
@@ -108,29 +109,41 @@ def select_table(shared_optin: int, capability: tuple[int, int], sms: int) -> st
 
 #: ``mmd_sweep_kernel`` configurations per target, key (has_grad, half precision, 3×TF32), and the
 #: widest gradient column group of JMMD per 3×TF32 flag.  3×TF32 splits each operand in
-#: two, hence smaller tiles and a single pipeline stage with the gradient.
+#: two, hence smaller tiles and a single pipeline stage with the gradient (and 4 warps in the
+#: 227 KB class: 8 spilled on sm_100).
+_SWEEP = {
+    (True, False, False): SweepConfig(B_M=64, B_N=64, BD=32, num_warps=8, num_stages=2),
+    (True, False, True): SweepConfig(B_M=64, B_N=32, BD=32, num_warps=8, num_stages=1),
+    (True, True, False): SweepConfig(B_M=64, B_N=64, BD=64, num_warps=8, num_stages=2),
+    (False, False, False): SweepConfig(B_M=128, B_N=64, BD=32, num_warps=8, num_stages=2),
+    (False, False, True): SweepConfig(B_M=64, B_N=32, BD=32, num_warps=8, num_stages=2),
+    (False, True, False): SweepConfig(B_M=128, B_N=64, BD=64, num_warps=8, num_stages=2),
+}
 CONFIGS: dict[str, dict[tuple[bool, bool, bool], SweepConfig]] = {
-    target: {
-        (True, False, False): SweepConfig(B_M=64, B_N=64, BD=32, num_warps=8, num_stages=2),
-        (True, False, True): SweepConfig(B_M=64, B_N=32, BD=32, num_warps=8, num_stages=1),
-        (True, True, False): SweepConfig(B_M=64, B_N=64, BD=64, num_warps=8, num_stages=2),
-        (False, False, False): SweepConfig(B_M=128, B_N=64, BD=32, num_warps=8, num_stages=2),
-        (False, False, True): SweepConfig(B_M=64, B_N=32, BD=32, num_warps=8, num_stages=2),
-        (False, True, False): SweepConfig(B_M=128, B_N=64, BD=64, num_warps=8, num_stages=2),
-    }
-    for target in TARGETS
+    "99KB": dict(_SWEEP),
+    "163KB": dict(_SWEEP),
+    "227KB": {**_SWEEP, (True, False, True): SweepConfig(B_M=64, B_N=32, BD=32, num_warps=4,
+                                                        num_stages=1)},
 }
 MAX_GROUP: dict[bool, int] = {False: 128, True: 32}  # key 3×TF32 (JMMD with the gradient)
 
 #: ``mmd_wide_kernel`` configurations per target, key (half precision, 3×TF32), and its gradient
 #: chunk: one layer with the gradient where no flash configuration applies.
+#: The 99 KB class runs one pipeline stage (two spilled on sm_86 / sm_89 / sm_120) and 32 × 32
+#: tiles under 3×TF32.
+_WIDE = {
+    (False, False): SweepConfig(B_M=64, B_N=64, BD=32, num_warps=8, num_stages=2),
+    (False, True): SweepConfig(B_M=64, B_N=32, BD=32, num_warps=8, num_stages=1),
+    (True, False): SweepConfig(B_M=64, B_N=64, BD=64, num_warps=8, num_stages=2),
+}
 WIDE_CONFIGS: dict[str, dict[tuple[bool, bool], SweepConfig]] = {
-    target: {
-        (False, False): SweepConfig(B_M=64, B_N=64, BD=32, num_warps=8, num_stages=2),
-        (False, True): SweepConfig(B_M=64, B_N=32, BD=32, num_warps=8, num_stages=1),
-        (True, False): SweepConfig(B_M=64, B_N=64, BD=64, num_warps=8, num_stages=2),
-    }
-    for target in TARGETS
+    "99KB": {
+        (False, False): SweepConfig(B_M=64, B_N=64, BD=32, num_warps=8, num_stages=1),
+        (False, True): SweepConfig(B_M=32, B_N=32, BD=32, num_warps=8, num_stages=1),
+        (True, False): SweepConfig(B_M=64, B_N=64, BD=64, num_warps=8, num_stages=1),
+    },
+    "163KB": dict(_WIDE),
+    "227KB": dict(_WIDE),
 }
 WIDE_DG = 64
 FINISH_BLOCK_R = 32
@@ -168,10 +181,11 @@ FLASH_CONFIGS: dict[str, dict[tuple[bool, bool, bool, int], SweepConfig]] = {
         (False, "tf32x3"): {64: (32, 64, 4)},
         (False, "half"): {64: (64, 64, 4), 128: (64, 64, 4), 256: (64, 32, 4)},
     }),
+    # 64 × 32 tiles with the gradient at DP = 64 (64 × 64 spilled on sm_100)
     "227KB": _flash_table({
-        (True, "tf32"): {64: (64, 64, 8), 128: (32, 64, 4), 256: (32, 32, 8)},
+        (True, "tf32"): {64: (64, 32, 8), 128: (32, 64, 4), 256: (32, 32, 8)},
         (True, "tf32x3"): {64: (32, 32, 4)},
-        (True, "half"): {64: (64, 64, 8), 128: (32, 64, 4), 256: (32, 32, 4)},
+        (True, "half"): {64: (64, 32, 8), 128: (32, 64, 4), 256: (32, 32, 4)},
         (False, "tf32"): {64: (64, 64, 4), 128: (64, 64, 4), 256: (128, 32, 8)},
         (False, "tf32x3"): {64: (64, 64, 8), 128: (64, 32, 8)},
         (False, "half"): {64: (64, 64, 4), 128: (64, 64, 4), 256: (64, 32, 4)},
