@@ -28,6 +28,7 @@ import torch
 from . import configs as C
 
 __all__ = ["Job", "SHARED_LIMIT", "ARCHS", "table_of", "shipped_jobs", "subset_jobs",
+           "representative_jobs",
            "recorded_table", "compile_job", "run", "failed", "main"]
 
 #: Triton pointer element type of each torch dtype.
@@ -166,6 +167,20 @@ def subset_jobs() -> list[Job]:
     return [j for _, j in picks.values()]
 
 
+def representative_jobs() -> list[Job]:
+    """One configuration per device class, compiled for the class's first target: the shipped
+    configuration with the most shared memory in the committed table (the one closest to the
+    class's limit)."""
+    measured = recorded_table()
+    picks: dict[str, tuple[int, Job]] = {}
+    for j in shipped_jobs([archs[0] for archs in C.TABLE_ARCHS.values()]):
+        smem = measured.get((j.arch, j.label), (0, 0))[1]
+        table = table_of(j.arch)
+        if table not in picks or smem > picks[table][0]:
+            picks[table] = (smem, j)
+    return [j for _, j in picks.values()]
+
+
 #: the committed full table, read by ``subset_jobs``.
 TABLE = os.path.join(os.path.dirname(__file__), "..", "..", "..", "benchmarks", "results",
                      "aot_triton_cuda_all_targets.txt")
@@ -294,10 +309,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, nargs="+", default=ARCHS, choices=ARCHS)
     parser.add_argument("--subset", action="store_true", help="the test suite's subset")
+    parser.add_argument("--representatives", action="store_true",
+                        help="one configuration per device class (the most shared memory)")
     parser.add_argument("--kernel", nargs="+", help="only these kernels (e.g. mmd_flash_kernel)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args(argv)
-    jobs = subset_jobs() if args.subset else shipped_jobs(args.arch)
+    jobs = (subset_jobs() if args.subset else representative_jobs() if args.representatives
+            else shipped_jobs(args.arch))
     if args.kernel:
         jobs = [j for j in jobs if j.kernel in args.kernel]
     results = run(jobs, args.jobs)
