@@ -23,6 +23,9 @@ import triton
 from . import quadratic_forms_kernels as K
 from .device import on_device
 
+__all__ = ["QFConfig", "CONFIGS", "MAX_L_PAD", "PROGRAMS_PER_SM", "config_class", "pick_config",
+           "shared_limit", "num_groups", "dot_precision", "quadratic_forms"]
+
 
 @dataclass(frozen=True)
 class QFConfig:
