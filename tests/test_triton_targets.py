@@ -368,6 +368,88 @@ def test_coral_small_route_reuses_its_launcher(monkeypatch):
     assert builds == [] and launchers.cache_size() == size
 
 
+class _Param:
+    def __init__(self, name: str, is_constexpr: bool) -> None:
+        self.name, self.is_constexpr = name, is_constexpr
+
+
+class _FakeCompiled:
+    """Stands in for triton's CompiledKernel: records each launcher call."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+        self.function, self.packed_metadata = "fn", "packed"
+
+    def _init_handles(self) -> None:
+        pass
+
+    def run(self, *args) -> None:
+        self.calls.append(args)
+
+    def launch_metadata(self, grid, stream, *args):
+        return "meta"
+
+
+class _FakeJit:
+    """A kernel ``k(x_ptr, n, BLOCK: constexpr)`` whose warmup returns a fake compiled kernel."""
+
+    params = [_Param("x_ptr", False), _Param("n", False), _Param("BLOCK", True)]
+
+    def __init__(self) -> None:
+        self.compiled, self.warmups = _FakeCompiled(), []
+
+    def warmup(self, *args, grid, **kwargs):
+        self.warmups.append((args, grid, kwargs))
+        return self.compiled
+
+    def __getitem__(self, grid):
+        raise AssertionError("the direct launcher must not go through kernel[grid]")
+
+
+def test_direct_launcher_calls_the_compiled_launcher_with_every_argument(monkeypatch):
+    """The CUDA branch of the launcher cache, without a GPU: compiled once (warmup with the
+    constexprs and options), then each launch calls ``CompiledKernel.run`` with the grid, the
+    current stream of the tensor's device, and the runtime arguments followed by the constexprs,
+    as ``JITFunction.run`` does."""
+    import triton
+    from triton.runtime import driver
+
+    class _Driver:
+        def get_current_stream(self, index):
+            return f"stream{index}"
+
+    monkeypatch.setattr(driver, "_active", _Driver())
+    monkeypatch.setattr(triton.knobs.runtime, "launch_enter_hook", None)
+    launchers.clear()
+    kernel = _FakeJit()
+    cuda1 = torch.device("cuda", 1)
+    x = torch.empty(8)
+    for n in (5, 5, 5):
+        launchers.launch(kernel, (2,), cuda1, (x, n), {"BLOCK": 32, "num_warps": 4})
+    assert len(kernel.warmups) == 1
+    (args, grid, kwargs), = kernel.warmups
+    assert args == (x, 5) and grid == (2,) and kwargs == {"BLOCK": 32, "num_warps": 4}
+    assert kernel.compiled.calls == [
+        (2, 1, 1, "stream1", "fn", "packed", None, None, None, x, 5, 32)] * 3
+    launchers.launch(kernel, (2,), cuda1, (x, 16), {"BLOCK": 32, "num_warps": 4})
+    assert len(kernel.warmups) == 2  # 16 is specialised differently from 5: a new key
+    launchers.clear()
+
+
+def test_launcher_falls_back_to_triton_for_unknown_kernel_objects(monkeypatch):
+    seen = []
+
+    class _Plain:
+        def __getitem__(self, grid):
+            return lambda *a, **k: seen.append((grid, a, k))
+
+    launchers.clear()
+    x = torch.empty(4)
+    launchers.launch(_Plain(), (1,), torch.device("cuda", 0), (x, 3), {"BLOCK": 16})
+    assert seen == [((1,), (x, 3), {"BLOCK": 16})]
+    launchers.clear()
+
+
 # ---- CUDA only --------------------------------------------------------------------------------
 
 

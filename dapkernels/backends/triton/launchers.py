@@ -57,11 +57,29 @@ def launch_key(kernel: object, grid: tuple[int, ...], device: torch.device, args
 def _build(kernel, grid: tuple[int, ...], device: torch.device, args: tuple,
            consts: dict[str, object]) -> Callable[..., None]:
     """A launcher for ``kernel`` with this key: compiled once, then launched directly."""
-    if device.type != "cuda":  # interpreter: no compiled form
-        def interpret(*call_args):
-            kernel[grid](*call_args, **consts)
-        return interpret
+    def through_triton(*call_args):
+        kernel[grid](*call_args, **consts)
 
+    if device.type != "cuda":  # interpreter: no compiled form
+        return through_triton
+    try:
+        return _direct(kernel, grid, device, args, consts)
+    except (AttributeError, TypeError, KeyError):
+        # a triton whose CompiledKernel differs from 3.x's: its own (slower) launch path
+        return through_triton
+
+
+def _hook(hook: object) -> object:
+    """A launch hook, or None where there is none to call (triton 3.9 keeps an empty
+    ``HookChain`` by default; passing None skips the launch-metadata dict and the hook calls)."""
+    return None if hook is None or getattr(hook, "calls", None) == [] else hook
+
+
+def _direct(kernel, grid: tuple[int, ...], device: torch.device, args: tuple,
+            consts: dict[str, object]) -> Callable[..., None]:
+    """Compiles ``kernel`` for this key and returns a call of its launcher (triton 3.x:
+    ``CompiledKernel.run(gx, gy, gz, stream, function, packed_metadata, launch_metadata,
+    enter_hook, exit_hook, *every_argument)``, as ``JITFunction.run`` calls it)."""
     constexprs = {k: v for k, v in consts.items() if k not in _OPTIONS}
 
     from triton import knobs
@@ -73,6 +91,8 @@ def _build(kernel, grid: tuple[int, ...], device: torch.device, args: tuple,
         raise TypeError(f"{kernel}: runtime arguments must come first and be passed in order")
     tail = tuple(constexprs[p.name] for p in params[len(args):])
     compiled = kernel.warmup(*args, grid=grid, **consts)
+    if compiled is None:  # asynchronous compilation mode: nothing to launch directly yet
+        raise TypeError("no compiled kernel")
     compiled._init_handles()
     run, function, packed = compiled.run, compiled.function, compiled.packed_metadata
     index = device.index if device.index is not None else torch.cuda.current_device()
@@ -81,7 +101,7 @@ def _build(kernel, grid: tuple[int, ...], device: torch.device, args: tuple,
 
     def direct(*call_args):
         stream = get_stream(index)
-        enter, leave = knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook
+        enter, leave = _hook(knobs.runtime.launch_enter_hook), _hook(knobs.runtime.launch_exit_hook)
         meta = None if enter is None else compiled.launch_metadata(grid, stream, *call_args,
                                                                    *tail)
         run(g0, g1, g2, stream, function, packed, meta, enter, leave, *call_args, *tail)
