@@ -57,6 +57,6 @@ def record_launches(monkeypatch, module: ModuleType, names: list[str]) -> Iterat
     for name in names:
         monkeypatch.setattr(module, name,
                             _RecordingKernel(getattr(module, name), name, record, recorder))
+    record.ops = recorder.ops  # the same list: read it inside the block for the ops so far
     with recorder:
         yield record
-    record.ops = recorder.ops

@@ -100,6 +100,7 @@ def test_pack_kernel_is_one_program_when_deterministic(deterministic, monkeypatc
     """mmd_prep_kernel's column statistics: one program under the flag (atomic adds onto zeros,
     each once), several without it."""
     from dapkernels.backends.triton import mmd as host
+    from dapkernels.backends.triton.configs import PREP_BLOCK_R
 
     grids = []
     real = host.K.mmd_prep_kernel
@@ -117,7 +118,7 @@ def test_pack_kernel_is_one_program_when_deterministic(deterministic, monkeypatc
     host._prep(z, zp, sq, stats, 3, 32, 0)
     torch.use_deterministic_algorithms(False)
     host._prep(z, zp, sq, torch.zeros_like(stats), 3, 32, 0)
-    assert grids == [(1,), (3,)]
+    assert grids == [(1,), (-(-150 // PREP_BLOCK_R),)]  # one program; one per row block
     torch.testing.assert_close(stats[:3], z.double().sub(z[:1].double()).sum(0), rtol=1e-6,
                                atol=1e-5)
 

@@ -131,17 +131,23 @@ class _Spy:
 @pytest.mark.parametrize(
     "target,precision,rows,d,need_grad,kernel",
     [
-        (90, "highest", 64, 100, True, "mmd_small_kernel"),
-        (80, "highest", 64, 100, True, "mmd_wide_kernel"),  # MMD_NO_SMALL; no 3xTF32 flash, DP 128
-        (80, "highest", 64, 40, True, "mmd_flash_kernel"),
-        (80, "high", 90, 100, True, "mmd_flash_kernel"),
-        (80, "high", 90, 200, True, "mmd_flash_kernel"),
-        (90, "highest", 90, 200, True, "mmd_wide_kernel"),  # no 3xTF32 flash, gradient, DP 256
-        (80, "high", 90, 300, True, "mmd_wide_kernel"),  # d > 256
-        (90, "high", 300, 1000, True, "mmd_wide_kernel"),  # several row blocks and column splits
-        (90, "highest", 90, 100, False, "mmd_flash_kernel"),
-        (80, "highest", 90, 100, False, "mmd_sweep_kernel"),
-        (80, "high", 90, 300, False, "mmd_sweep_kernel"),  # no gradient: upper-triangle tiles
+        ("227KB", "highest", 64, 100, True, "mmd_small_kernel"),
+        # MMD_NO_SMALL; no 3xTF32 flash at DP 128
+        ("163KB", "highest", 64, 100, True, "mmd_wide_kernel"),
+        ("99KB", "highest", 64, 100, True, "mmd_wide_kernel"),
+        ("163KB", "highest", 64, 40, True, "mmd_flash_kernel"),
+        ("163KB", "high", 90, 100, True, "mmd_flash_kernel"),
+        ("163KB", "high", 90, 200, True, "mmd_flash_kernel"),
+        ("227KB", "highest", 90, 200, True, "mmd_wide_kernel"),  # no 3xTF32 flash, gradient, DP 256
+        ("163KB", "high", 90, 300, True, "mmd_wide_kernel"),  # d > 256
+        # several row blocks and column splits
+        ("227KB", "high", 300, 1000, True, "mmd_wide_kernel"),
+        ("227KB", "highest", 90, 100, False, "mmd_flash_kernel"),
+        ("163KB", "highest", 90, 100, False, "mmd_sweep_kernel"),
+        ("163KB", "high", 90, 300, False, "mmd_sweep_kernel"),  # no gradient: upper-triangle tiles
+        # DP = 256 without the gradient: 64-row flash tiles within 99 KB of shared memory
+        ("99KB", "high", 90, 200, False, "mmd_flash_kernel"),
+        ("99KB", "high", 40, 200, True, "mmd_small_kernel"),
     ],
 )
 def test_routes_of_each_target_table(monkeypatch, target, precision, rows, d, need_grad, kernel):

@@ -1,8 +1,10 @@
 """Triton backend: fused GPU kernels with the contract of ``backends.reference``.
 
 Modules by job: ``mmd_kernels`` / ``coral_kernels`` (the kernels), ``configs`` (every launch
-configuration, also read by ``aot``), ``device`` (target table, precision, determinism),
-``mmd_caches`` (device tables), ``mmd`` / ``coral`` (routes and entry points); the routes:
+configuration, also read by ``aot``), ``device`` (table selection, device guard, precision,
+determinism), ``mmd_caches`` (device tables), ``launchers`` (cached direct launchers of the
+one-launch routes), ``mmd`` / ``coral`` (routes and entry points), ``quadratic_forms`` (the
+two-sample test's engine), ``aot`` (ahead-of-time compile checks); the routes:
 docs/design.md §Routes.
 
 Importing it raises ImportError when triton is missing, which ``backends.available`` turns

@@ -1,10 +1,13 @@
 """Ahead-of-time compilation of every shipped Triton kernel configuration, without a GPU.
 
-``python -m dapkernels.backends.triton.aot [--arch 80 90] [--subset] [--kernel K …] [--jobs J]``
-compiles each configuration with ``triton.compile(ASTSource(fn, signature, constexprs),
-target=GPUTarget("cuda", cc, 32))`` (triton ships ptxas, so no GPU or CUDA toolkit is needed),
-prints registers, spill bytes and shared memory per kernel and configuration, and exits with
-status 1 on a compile error, any spill, or shared memory beyond the target's per-block limit.
+``python -m dapkernels.backends.triton.aot [--arch 80 86 …] [--subset] [--kernel K …] [--jobs J]``
+compiles, for every target (sm_80, sm_86, sm_89, sm_90, sm_100, sm_120 by default:
+``configs.TABLE_ARCHS``), each configuration of that target's table with
+``triton.compile(ASTSource(fn, signature, constexprs), target=GPUTarget("cuda", cc, 32))``
+(triton ships ptxas, so no GPU or CUDA toolkit is needed), prints registers, spill bytes and
+shared memory per kernel and configuration, and exits with status 1 on a compile error, any
+spill, or shared memory beyond the target's opt-in per-block limit (``configs.SHARED_LIMIT``:
+166912 B on sm_80, 101376 B on sm_86 / sm_89 / sm_120, 232448 B on sm_90 / sm_100).
 Registers and spills come from the ptxas log of that compile.
 """
 
@@ -24,17 +27,18 @@ import torch
 
 from . import configs as C
 
-__all__ = ["Job", "SHARED_LIMIT", "shipped_jobs", "subset_jobs", "compile_job", "run", "failed",
-           "main"]
+__all__ = ["Job", "SHARED_LIMIT", "ARCHS", "table_of", "shipped_jobs", "subset_jobs",
+           "representative_jobs",
+           "recorded_table", "compile_job", "run", "failed", "main"]
 
 #: Triton pointer element type of each torch dtype.
 _TRITON_TYPES = {
     torch.float32: "fp32", torch.float64: "fp64", torch.float16: "fp16", torch.bfloat16: "bf16",
 }
-#: input dtypes of every kernel, by name; the flash / wide / sweep / finish kernels read the
-#: packed buffer, which has no float64 form (``COMPUTE_DTYPE``), so they compile for these.
-DTYPES = ("float32", "float64", "float16", "bfloat16")
-SWEEP_DTYPES = ("float32", "float16", "bfloat16")
+#: input dtypes of every kernel, by name.  float64 inputs never reach a kernel (the hosts run
+#: the float64 reference formulas for them), so no float64 form is compiled.
+DTYPES = ("float32", "float16", "bfloat16")
+SWEEP_DTYPES = DTYPES
 
 
 @dataclass(frozen=True)
@@ -58,8 +62,15 @@ def _precisions(dtype: str) -> tuple[str, ...]:
     return ("tf32", "tf32x3") if dtype in ("float32", "float64") else ("tf32",)
 
 
-#: shared memory a block may use, per target (bytes): 163 KB on sm_80, 227 KB on sm_90.
-SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
+#: opt-in shared memory a block may use, per target (bytes).
+SHARED_LIMIT = C.SHARED_LIMIT
+#: every target, in the order of the record.
+ARCHS = sorted(SHARED_LIMIT)
+
+
+def table_of(arch: int) -> str:
+    """The configuration table (device class) compiled for target ``arch``."""
+    return next(t for t, archs in C.TABLE_ARCHS.items() if arch in archs)
 
 
 def shipped_jobs(archs: list[int]) -> list[Job]:
@@ -71,13 +82,14 @@ def shipped_jobs(archs: list[int]) -> list[Job]:
     """
     jobs: list[Job] = []
     for arch in archs:
+        table = table_of(arch)
         for dtype in DTYPES:
             jobs.append(Job("mmd_prep_kernel", dtype, (("BLOCK_R", C.PREP_BLOCK_R),
                                                    ("BLOCK_C", C.PREP_BLOCK_C)), 4, 3, arch))
         for dtype in DTYPES:  # mmd_small_kernel reads every input dtype in place
             for prec in _precisions(dtype):
                 for grad, square, value in itertools.product((True, False), repeat=3):
-                    if (arch, grad, prec) not in C.MMD_NO_SMALL:
+                    if (table, grad, prec) not in C.MMD_NO_SMALL:
                         jobs.append(Job("mmd_small_kernel", dtype, (
                             ("BN", C.SMALL_BN), ("BD", C.SMALL_BD), ("SQUARE", square),
                             ("HAS_GRAD", grad), ("OUT_VALUE", value), ("DOT_PREC", prec)),
@@ -88,7 +100,7 @@ def shipped_jobs(archs: list[int]) -> list[Job]:
                 x3 = prec == "tf32x3"
                 for grad in (True, False):
                     for square in (True, False):
-                        for (g, h, x, dp), cfg in C.FLASH_CONFIGS[arch].items():
+                        for (g, h, x, dp), cfg in C.FLASH_CONFIGS[table].items():
                             if (g, h, x) != (grad, half, x3):
                                 continue
                             jobs.append(Job("mmd_flash_kernel", dtype, (
@@ -96,13 +108,13 @@ def shipped_jobs(archs: list[int]) -> list[Job]:
                                 ("HAS_GRAD", grad), ("DOT_PREC", prec)),
                                 cfg.num_warps, cfg.num_stages, arch))
                     if grad:  # one layer with the gradient: mmd_wide_kernel, per bank kind
-                        cfg = C.WIDE_CONFIGS[arch][(half, x3)]
+                        cfg = C.WIDE_CONFIGS[table][(half, x3)]
                         for square in (True, False):
                             jobs.append(Job("mmd_wide_kernel", dtype, (
                                 ("B_M", cfg.B_M), ("B_N", cfg.B_N), ("BD", cfg.BD),
                                 ("DG", C.WIDE_DG), ("SQUARE", square), ("DOT_PREC", prec)),
                                 cfg.num_warps, cfg.num_stages, arch))
-                    cfg = C.CONFIGS[arch][(grad, half, x3)]
+                    cfg = C.CONFIGS[table][(grad, half, x3)]
                     # mmd_sweep_kernel: JMMD, and one layer without the gradient
                     for one_layer in (False, True) if not grad else (False,):
                         groups = [g for g in (32, 64, 128) if cfg.BD <= g <= C.MAX_GROUP[x3]]
@@ -128,21 +140,22 @@ def _coral_jobs(arch: int) -> list[Job]:
             for grad in (True, False):
                 flags = base + (("HAS_GRAD", grad), ("DOT_PREC", prec))
                 jobs.append(Job("coral_grad_kernel", dtype, flags, *launch))
-                if (arch, grad, prec) not in C.CORAL_NO_SMALL:
+                if (table_of(arch), grad, prec) not in C.CORAL_NO_SMALL:
                     jobs.append(Job("coral_small_kernel", dtype, flags, *launch))
     return jobs
 
 
 def subset_jobs() -> list[Job]:
-    """The test suite's subset: per target and kernel family (kernel × gradient or not), the
-    shipped configuration with the most registers, then the most shared memory, in the
-    committed table ``benchmarks/results/aot_triton_cuda_sm80_sm90.txt``; configurations the
-    table lacks rank by construction (3×TF32, float32, widest tile, JMMD mode, one exp per
-    kernel) above every recorded one."""
-    measured = _recorded_table()
+    """The test suite's subset: per device class (compiled for its first target, sm_86 / sm_80 /
+    sm_90) and kernel family (kernel × gradient or not), the shipped configuration with the most
+    registers, then the most shared memory, in the committed table
+    ``benchmarks/results/aot_triton_cuda_all_targets.txt``; configurations the table lacks rank
+    by construction (3×TF32, float32, widest tile, JMMD mode, one exp per kernel) above every
+    recorded one."""
+    measured = recorded_table()
     cost = {"tf32x3": 2, "tf32": 1}
     picks: dict[tuple, tuple[tuple, Job]] = {}
-    for j in shipped_jobs(list(SHARED_LIMIT)):
+    for j in shipped_jobs([archs[0] for archs in C.TABLE_ARCHS.values()]):
         c = dict(j.constexprs)
         family = (j.kernel, c.get("HAS_GRAD"), j.arch)
         rank = (measured.get((j.arch, j.label), (1 << 30, 1 << 30)),
@@ -154,12 +167,26 @@ def subset_jobs() -> list[Job]:
     return [j for _, j in picks.values()]
 
 
+def representative_jobs() -> list[Job]:
+    """One configuration per device class, compiled for the class's first target: the shipped
+    configuration with the most shared memory in the committed table (the one closest to the
+    class's limit)."""
+    measured = recorded_table()
+    picks: dict[str, tuple[int, Job]] = {}
+    for j in shipped_jobs([archs[0] for archs in C.TABLE_ARCHS.values()]):
+        smem = measured.get((j.arch, j.label), (0, 0))[1]
+        table = table_of(j.arch)
+        if table not in picks or smem > picks[table][0]:
+            picks[table] = (smem, j)
+    return [j for _, j in picks.values()]
+
+
 #: the committed full table, read by ``subset_jobs``.
 TABLE = os.path.join(os.path.dirname(__file__), "..", "..", "..", "benchmarks", "results",
-                     "aot_triton_cuda_sm80_sm90.txt")
+                     "aot_triton_cuda_all_targets.txt")
 
 
-def _recorded_table() -> dict[tuple[int, str], tuple[int, int]]:
+def recorded_table() -> dict[tuple[int, str], tuple[int, int]]:
     """``{(arch, label): (registers, shared bytes)}`` from the committed table, if present."""
     out: dict[tuple[int, str], tuple[int, int]] = {}
     if not os.path.exists(TABLE):
@@ -256,8 +283,9 @@ def compile_job(job: Job) -> dict[str, object]:
         "registers": int(regs[-1]) if regs else -1,
         "spill_bytes": sum(int(a) + int(b) for a, b in spills) if spills else -1,
         "shared_bytes": int(kernel.metadata.shared),
-        # tensor-core instruction selected: Hopper warpgroup MMA, Ampere mma.sync, or none
-        "mma": next((m for m in ("wgmma", "mma.sync") if m in kernel.asm["ptx"]), "fma"),
+        # tensor cores: Blackwell tcgen05, Hopper wgmma, Ampere mma.sync, or none
+        "mma": next((m for m in ("tcgen05", "wgmma", "mma.sync") if m in kernel.asm["ptx"]),
+                    "fma"),
     }
 
 
@@ -279,12 +307,15 @@ def failed(job: Job, result: dict[str, object]) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", type=int, nargs="+", default=[80, 90])
+    parser.add_argument("--arch", type=int, nargs="+", default=ARCHS, choices=ARCHS)
     parser.add_argument("--subset", action="store_true", help="the test suite's subset")
+    parser.add_argument("--representatives", action="store_true",
+                        help="one configuration per device class (the most shared memory)")
     parser.add_argument("--kernel", nargs="+", help="only these kernels (e.g. mmd_flash_kernel)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args(argv)
-    jobs = subset_jobs() if args.subset else shipped_jobs(args.arch)
+    jobs = (subset_jobs() if args.subset else representative_jobs() if args.representatives
+            else shipped_jobs(args.arch))
     if args.kernel:
         jobs = [j for j in jobs if j.kernel in args.kernel]
     results = run(jobs, args.jobs)

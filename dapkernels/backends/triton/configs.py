@@ -1,10 +1,13 @@
 """Launch configurations of every Triton kernel: the one table the routes and the AOT tool read.
 
 The MMD hosts (``mmd.py``) and the CORAL host (``coral.py``) pick their tile sizes, warps and
-pipeline stages here; ``aot.py`` compiles exactly these configurations for sm_80 and sm_90.
-Every entry was chosen with ``python -m dapkernels.backends.triton.aot`` (registers, spills,
-shared memory; the committed record is ``benchmarks/results/aot_triton_cuda_sm80_sm90.txt``)
-as the widest tiles that compile for that target without spills and within its shared memory.
+pipeline stages here, from the table of the device's class (:func:`select_table`: by the
+opt-in shared memory per block the device reports); ``aot.py`` compiles exactly these
+configurations for every compute capability of each class (``TABLE_ARCHS``: sm_86 / sm_89 /
+sm_120 for the 99 KB table, sm_80 for 163 KB, sm_90 / sm_100 for 227 KB).  Every entry was
+chosen with ``python -m dapkernels.backends.triton.aot`` (registers, spills, shared memory; the
+committed record is ``benchmarks/results/aot_triton_cuda_all_targets.txt``) as the widest tiles
+that compile for every target of its class without spills and within its shared memory.
 Why the routes exist at all: docs/design.md §Routes.
 """
 
@@ -18,7 +21,8 @@ import triton
 from . import mmd_kernels
 
 __all__ = [
-    "COMPUTE_DTYPE", "TARGETS", "SweepConfig",
+    "COMPUTE_DTYPE", "TARGETS", "TABLE_SHARED", "TABLE_ARCHS", "SHARED_LIMIT", "select_table",
+    "SweepConfig",
     "PREP_BLOCK_R", "PREP_BLOCK_C", "PREP_MAX_PROGRAMS", "FINISH_BLOCK_R", "FINISH_BLOCK_C",
     "MAX_LAYERS", "SMALL_BN", "SMALL_BD", "SMALL_WARPS", "SMALL_STAGES", "MMD_NO_SMALL",
     "FLASH_MAX_D", "CONFIGS", "MAX_GROUP", "WIDE_CONFIGS", "WIDE_DG", "FLASH_CONFIGS",
@@ -30,15 +34,16 @@ __all__ = [
 # ---- MMD / JMMD (mmd_kernels.py) ------------------------------------------------------------
 
 #: compute dtype of the packed buffer and of the tile GEMMs, per input dtype.  float64 inputs
-#: are computed in float32 (the GPU kernels accumulate in float32 throughout) and their
-#: gradient is written in float32, then converted.
+#: never reach the kernels (the hosts run the float64 reference formulas on the device for
+#: them, docs/design.md §Routes); the entry only keeps the table total.
 COMPUTE_DTYPE = {
     torch.float32: torch.float32,
     torch.float64: torch.float32,
     torch.float16: torch.float16,
     torch.bfloat16: torch.bfloat16,
 }
-PREP_BLOCK_R = 64
+#: 32-row blocks: 64 rows spilled for float16 / bfloat16 inputs on sm_86 and sm_89.
+PREP_BLOCK_R = 32
 PREP_BLOCK_C = 32
 PREP_MAX_PROGRAMS = 1024
 MAX_LAYERS = mmd_kernels.MAX_LAYERS.value
@@ -48,10 +53,10 @@ SMALL_BD = 32
 SMALL_WARPS = 8
 #: two pipeline stages: three spilled for float64 inputs with the gradient on sm_80.
 SMALL_STAGES = 2
-#: (target, has_grad, tl.dot precision) where ``mmd_small_kernel`` spills on every tile / warp /
-#: stage choice tried (3×TF32 with the gradient on sm_80): those calls take the flash / sweep
-#: route instead.
-MMD_NO_SMALL = frozenset({(80, True, "tf32x3")})
+#: (table, has_grad, tl.dot precision) where ``mmd_small_kernel`` spills on every tile / warp /
+#: stage choice tried (3×TF32 with the gradient on sm_80, sm_86, sm_89 and sm_120): those calls
+#: take the flash / sweep route instead.
+MMD_NO_SMALL = frozenset({("163KB", True, "tf32x3"), ("99KB", True, "tf32x3")})
 #: widest layer of the flash path: Y_I (B_M × 256) and the gradient stay in registers.
 FLASH_MAX_D = 256
 
@@ -71,36 +76,74 @@ class SweepConfig:
     num_stages: int
 
 
-#: The tables below are per target: ``80`` (compute capability < 9: sm_80 and the consumer
-#: Ampere / Ada parts, 163 KB of shared memory per block or less) and ``90`` (Hopper and newer,
-#: 227 KB).
-TARGETS = (80, 90)
+#: The tables below are per device class, named by the opt-in shared memory per block the
+#: class allows (``TABLE_SHARED``, bytes): ``"99KB"`` (sm_86 / sm_89 / sm_120: RTX 30 / 40 / 50,
+#: A10, A40, L4, L40S), ``"163KB"`` (sm_80: A100, A30; sm_87) and ``"227KB"`` (sm_90 / sm_100:
+#: H100, H200, B200).
+TARGETS = ("99KB", "163KB", "227KB")
+TABLE_SHARED = {"99KB": 101376, "163KB": 166912, "227KB": 232448}
+#: compute capabilities (major·10 + minor) each table is compiled and checked for by ``aot.py``.
+TABLE_ARCHS = {"99KB": (86, 89, 120), "163KB": (80,), "227KB": (90, 100)}
+#: opt-in shared memory per block of each compiled target (bytes), the AOT limit.
+SHARED_LIMIT = {arch: TABLE_SHARED[t] for t, archs in TABLE_ARCHS.items() for arch in archs}
+
+
+def select_table(shared_optin: int, capability: tuple[int, int], sms: int) -> str:
+    """The configuration table of a device with ``shared_optin`` bytes of opt-in shared memory
+    per block (``torch.cuda.get_device_properties(d).shared_memory_per_block_optin``), compute
+    capability ``capability`` and ``sms`` multiprocessors.
+
+    The rule: the class with the largest shared memory that does not exceed the device's, so no
+    shipped configuration asks for more shared memory than the device has (the smallest class
+    where the device has less than every class: pre-Ampere parts, on which Triton's tensor-core
+    paths are not supported anyway).  Compute capability and multiprocessor count do not change
+    the table today (every listed capability of a class compiles the class's table without
+    spills, and the grids adapt to the multiprocessor count at launch); they are arguments so
+    that a future table keyed on them changes this function only.
+    """
+    del capability, sms  # see the docstring
+    fitting = [(limit, name) for name, limit in TABLE_SHARED.items() if limit <= shared_optin]
+    if not fitting:
+        return min((limit, name) for name, limit in TABLE_SHARED.items())[1]
+    return max(fitting)[1]
 
 #: ``mmd_sweep_kernel`` configurations per target, key (has_grad, half precision, 3×TF32), and the
 #: widest gradient column group of JMMD per 3×TF32 flag.  3×TF32 splits each operand in
-#: two, hence smaller tiles and a single pipeline stage with the gradient.
-CONFIGS: dict[int, dict[tuple[bool, bool, bool], SweepConfig]] = {
-    target: {
-        (True, False, False): SweepConfig(B_M=64, B_N=64, BD=32, num_warps=8, num_stages=2),
-        (True, False, True): SweepConfig(B_M=64, B_N=32, BD=32, num_warps=8, num_stages=1),
-        (True, True, False): SweepConfig(B_M=64, B_N=64, BD=64, num_warps=8, num_stages=2),
-        (False, False, False): SweepConfig(B_M=128, B_N=64, BD=32, num_warps=8, num_stages=2),
-        (False, False, True): SweepConfig(B_M=64, B_N=32, BD=32, num_warps=8, num_stages=2),
-        (False, True, False): SweepConfig(B_M=128, B_N=64, BD=64, num_warps=8, num_stages=2),
-    }
-    for target in TARGETS
+#: two, hence smaller tiles and a single pipeline stage with the gradient (and 4 warps in the
+#: 227 KB class: 8 spilled on sm_100).
+_SWEEP = {
+    (True, False, False): SweepConfig(B_M=64, B_N=64, BD=32, num_warps=8, num_stages=2),
+    (True, False, True): SweepConfig(B_M=64, B_N=32, BD=32, num_warps=8, num_stages=1),
+    (True, True, False): SweepConfig(B_M=64, B_N=64, BD=64, num_warps=8, num_stages=2),
+    (False, False, False): SweepConfig(B_M=128, B_N=64, BD=32, num_warps=8, num_stages=2),
+    (False, False, True): SweepConfig(B_M=64, B_N=32, BD=32, num_warps=8, num_stages=2),
+    (False, True, False): SweepConfig(B_M=128, B_N=64, BD=64, num_warps=8, num_stages=2),
+}
+CONFIGS: dict[str, dict[tuple[bool, bool, bool], SweepConfig]] = {
+    "99KB": dict(_SWEEP),
+    "163KB": dict(_SWEEP),
+    "227KB": {**_SWEEP, (True, False, True): SweepConfig(B_M=64, B_N=32, BD=32, num_warps=4,
+                                                        num_stages=1)},
 }
 MAX_GROUP: dict[bool, int] = {False: 128, True: 32}  # key 3×TF32 (JMMD with the gradient)
 
 #: ``mmd_wide_kernel`` configurations per target, key (half precision, 3×TF32), and its gradient
 #: chunk: one layer with the gradient where no flash configuration applies.
-WIDE_CONFIGS: dict[int, dict[tuple[bool, bool], SweepConfig]] = {
-    target: {
-        (False, False): SweepConfig(B_M=64, B_N=64, BD=32, num_warps=8, num_stages=2),
-        (False, True): SweepConfig(B_M=64, B_N=32, BD=32, num_warps=8, num_stages=1),
-        (True, False): SweepConfig(B_M=64, B_N=64, BD=64, num_warps=8, num_stages=2),
-    }
-    for target in TARGETS
+#: The 99 KB class runs one pipeline stage (two spilled on sm_86 / sm_89 / sm_120) and 32 × 32
+#: tiles under 3×TF32.
+_WIDE = {
+    (False, False): SweepConfig(B_M=64, B_N=64, BD=32, num_warps=8, num_stages=2),
+    (False, True): SweepConfig(B_M=64, B_N=32, BD=32, num_warps=8, num_stages=1),
+    (True, False): SweepConfig(B_M=64, B_N=64, BD=64, num_warps=8, num_stages=2),
+}
+WIDE_CONFIGS: dict[str, dict[tuple[bool, bool], SweepConfig]] = {
+    "99KB": {
+        (False, False): SweepConfig(B_M=64, B_N=64, BD=32, num_warps=8, num_stages=1),
+        (False, True): SweepConfig(B_M=32, B_N=32, BD=32, num_warps=8, num_stages=1),
+        (True, False): SweepConfig(B_M=64, B_N=64, BD=64, num_warps=8, num_stages=1),
+    },
+    "163KB": dict(_WIDE),
+    "227KB": dict(_WIDE),
 }
 WIDE_DG = 64
 FINISH_BLOCK_R = 32
@@ -119,8 +162,18 @@ def _flash_table(entries: dict[tuple[bool, str], dict[int, tuple[int, int, int]]
 #: with the gradient its accumulator) in registers next to the tiles without spilling — 3×TF32
 #: at d > 64 with the gradient or on sm_80, and at d > 128.  (On triton 3.6, 64 × 64 tiles on
 #: 8 warps spilled at d = 128 with the gradient on sm_80, hence 32-row tiles there.)
-FLASH_CONFIGS: dict[int, dict[tuple[bool, bool, bool, int], SweepConfig]] = {
-    80: _flash_table({
+FLASH_CONFIGS: dict[str, dict[tuple[bool, bool, bool, int], SweepConfig]] = {
+    # the 163 KB table with 64-row tiles at DP = 256 without the gradient (128 rows need 147 /
+    # 165 KB of shared memory)
+    "99KB": _flash_table({
+        (True, "tf32"): {64: (32, 64, 4), 128: (32, 64, 4), 256: (32, 32, 8)},
+        (True, "tf32x3"): {64: (32, 32, 4)},
+        (True, "half"): {64: (64, 64, 8), 128: (32, 64, 4), 256: (32, 32, 4)},
+        (False, "tf32"): {64: (64, 64, 4), 128: (64, 64, 4), 256: (64, 32, 8)},
+        (False, "tf32x3"): {64: (32, 64, 4)},
+        (False, "half"): {64: (64, 64, 4), 128: (64, 64, 4), 256: (64, 32, 4)},
+    }),
+    "163KB": _flash_table({
         (True, "tf32"): {64: (32, 64, 4), 128: (32, 64, 4), 256: (32, 32, 8)},
         (True, "tf32x3"): {64: (32, 32, 4)},
         (True, "half"): {64: (64, 64, 8), 128: (32, 64, 4), 256: (32, 32, 4)},
@@ -128,10 +181,11 @@ FLASH_CONFIGS: dict[int, dict[tuple[bool, bool, bool, int], SweepConfig]] = {
         (False, "tf32x3"): {64: (32, 64, 4)},
         (False, "half"): {64: (64, 64, 4), 128: (64, 64, 4), 256: (64, 32, 4)},
     }),
-    90: _flash_table({
-        (True, "tf32"): {64: (64, 64, 8), 128: (32, 64, 4), 256: (32, 32, 8)},
+    # 64 × 32 tiles with the gradient at DP = 64 (64 × 64 spilled on sm_100)
+    "227KB": _flash_table({
+        (True, "tf32"): {64: (64, 32, 8), 128: (32, 64, 4), 256: (32, 32, 8)},
         (True, "tf32x3"): {64: (32, 32, 4)},
-        (True, "half"): {64: (64, 64, 8), 128: (32, 64, 4), 256: (32, 32, 4)},
+        (True, "half"): {64: (64, 32, 8), 128: (32, 64, 4), 256: (32, 32, 4)},
         (False, "tf32"): {64: (64, 64, 4), 128: (64, 64, 4), 256: (128, 32, 8)},
         (False, "tf32x3"): {64: (64, 64, 8), 128: (64, 32, 8)},
         (False, "half"): {64: (64, 64, 4), 128: (64, 64, 4), 256: (64, 32, 4)},
@@ -139,13 +193,13 @@ FLASH_CONFIGS: dict[int, dict[tuple[bool, bool, bool, int], SweepConfig]] = {
 }
 
 
-def sweep_config(tgt: int, need_grad: bool, cdt: torch.dtype, prec: str) -> SweepConfig:
+def sweep_config(tgt: str, need_grad: bool, cdt: torch.dtype, prec: str) -> SweepConfig:
     """``mmd_sweep_kernel`` configuration for a target, compute dtype and tl.dot precision."""
     half = cdt != torch.float32
     return CONFIGS[tgt][(need_grad, half, prec == "tf32x3" and not half)]
 
 
-def flash_config(tgt: int, need_grad: bool, cdt: torch.dtype, prec: str,
+def flash_config(tgt: str, need_grad: bool, cdt: torch.dtype, prec: str,
                  dp: int) -> SweepConfig | None:
     """``mmd_flash_kernel`` configuration for a target, compute dtype, tl.dot precision and width
     DP, or None where no flash configuration compiles cleanly (the call takes the sweep)."""
@@ -180,6 +234,7 @@ CORAL_MAX_PROGRAMS = 128
 #: widest features of the one-program kernel.  Its two passes over 64 × d inputs run on one
 #: SM; past this width the two-kernel path spreads the columns over the GPU.
 CORAL_SMALL_MAX_D = 2048
-#: (target, has_grad, tl.dot precision) where ``coral_small_kernel`` spills (3×TF32 with the
-#: gradient on sm_80, for every warp / stage count tried): those calls take the two kernels.
-CORAL_NO_SMALL = frozenset({(80, True, "tf32x3")})
+#: (table, has_grad, tl.dot precision) where ``coral_small_kernel`` spills (3×TF32 with the
+#: gradient on sm_80 and on sm_120, for every warp / stage count tried): those calls take the two
+#: kernels.
+CORAL_NO_SMALL = frozenset({("163KB", True, "tf32x3"), ("99KB", True, "tf32x3")})

@@ -1,10 +1,14 @@
 """Host side of the Triton CORAL Gram path: the routes and the backend entry points.
 
 The contract is ``backends.reference.coral_sweep``, plus ``coral_loss`` (the value in the
-caller's dtype, which the ops layer prefers).  Per call, no host sync, one of:
+caller's dtype, which the ops layer prefers).  Every entry runs under the inputs' device
+(``device.on_device``).  Per call, no host sync, one of:
 
-* d ≤ CORAL_SMALL_MAX_D: one ``coral_small_kernel`` launch (no memset, inputs read in
-  place in their own dtype, value and gradients written in theirs);
+* float64 inputs: ``reference.coral_formula`` in float64 on the device (the kernels compute in
+  float32; a float64 result must not claim precision the computation did not have);
+* d ≤ CORAL_SMALL_MAX_D: one ``coral_small_kernel`` launch through its cached direct launcher
+  (``launchers.launch``; no memset, inputs read in place in their own dtype, value and
+  gradients written in theirs);
 * wider: one memset of the N × N Gram buffer, ``coral_gram_kernel``, ``coral_grad_kernel``.
 
 Shapes the Gram kernels do not cover (N = n_s + n_t > CORAL_MAX_ROWS = 64 rows, or the d × d
@@ -37,10 +41,16 @@ from .configs import (
     CORAL_STAGES,
     CORAL_WARPS,
 )
-from .device import deterministic, dot_precision, target, unit_cols
+from .device import deterministic, dot_precision, on_device, target, unit_cols
+from .launchers import launch
 
-__all__ = ["coral_sweep", "coral_loss"]
+__all__ = ["coral_sweep", "coral_loss", "takes_reference"]
 
+
+def takes_reference(dtype: torch.dtype) -> bool:
+    """Whether inputs of ``dtype`` run ``reference.coral_formula`` in float64 on the device
+    instead of the kernels: float64 (the kernels compute in float32)."""
+    return dtype == torch.float64
 
 
 def _small(xs: torch.Tensor, xt: torch.Tensor, need_grad: bool,
@@ -51,12 +61,23 @@ def _small(xs: torch.Tensor, xt: torch.Tensor, need_grad: bool,
     grads = [torch.empty((ns, d), dtype=xs.dtype, device=xs.device),
              torch.empty(xt.shape, dtype=xt.dtype, device=xt.device)] if need_grad else []
     gs, gt = grads if need_grad else (value, value)
-    K.coral_small_kernel[(1,)](
-        xs, xt, value, gs, gt, ns, xt.shape[0], d, xs.stride(0), xt.stride(0),
-        BN=CORAL_MAX_ROWS, BD=CORAL_BD, HAS_GRAD=need_grad, DOT_PREC=dot_precision(xs.dtype),
-        num_warps=CORAL_WARPS, num_stages=CORAL_STAGES,
-    )
+    launch(K.coral_small_kernel, (1,), xs.device,
+           (xs, xt, value, gs, gt, ns, xt.shape[0], d, xs.stride(0), xt.stride(0)),
+           _small_consts(need_grad, dot_precision(xs.dtype)))
     return grads
+
+
+_SMALL_CONSTS: dict[tuple[bool, str], dict[str, object]] = {}
+
+
+def _small_consts(need_grad: bool, prec: str) -> dict[str, object]:
+    """Constexprs and launch options of ``coral_small_kernel`` (one dict per key, reused)."""
+    hit = _SMALL_CONSTS.get((need_grad, prec))
+    if hit is None:
+        hit = _SMALL_CONSTS[(need_grad, prec)] = {
+            "BN": CORAL_MAX_ROWS, "BD": CORAL_BD, "HAS_GRAD": need_grad, "DOT_PREC": prec,
+            "num_warps": CORAL_WARPS, "num_stages": CORAL_STAGES}
+    return hit
 
 
 def _split_columns(xs: torch.Tensor, xt: torch.Tensor, need_grad: bool) -> tuple:
@@ -116,6 +137,16 @@ def coral_loss(
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """:func:`coral_sweep` with the 0-dim value in ``out_dtype``: at DA batch sizes one launch
     that writes it (no conversion op)."""
+    with on_device(xs.device):
+        return _loss(xs, xt, need_grad, path, out_dtype)
+
+
+def _loss(xs: torch.Tensor, xt: torch.Tensor, need_grad: bool, path: str,
+          out_dtype: torch.dtype) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """:func:`coral_loss` under the device guard."""
+    if takes_reference(xs.dtype):
+        value, grads = coral_formula(xs, xt, need_grad, path, torch.float64)
+        return value.to(out_dtype), grads
     if not _takes_kernels(xs, xt, path) or (not _takes_small(xs, need_grad) and deterministic()):
         # also the deterministic alternative to the two-kernel route, whose Gram matrix is
         # summed by atomic adds over column ranges: the same formula as torch GEMMs

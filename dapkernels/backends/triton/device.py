@@ -1,34 +1,57 @@
 """Facts about the device a Triton call runs on, shared by the MMD and CORAL hosts.
 
-Which configuration table applies (:func:`target`), how many multiprocessors share the work,
-which ``tl.dot`` precision float32 inputs get, and the determinism policy of routes that add
-floats by atomics (docs/design.md §Routes).
+Which configuration table applies (:func:`target`, from the device's real limits), how many
+multiprocessors share the work, which ``tl.dot`` precision float32 inputs get, the device guard
+of every entry point (:func:`on_device`), and the determinism policy of routes that add floats
+by atomics (docs/design.md §Routes).
 """
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from ..._torch_private import alert_not_deterministic
-from .configs import COMPUTE_DTYPE
+from .configs import COMPUTE_DTYPE, select_table
 
 __all__ = ["target", "multiprocessors", "dot_precision", "deterministic", "alert_atomic",
-           "unit_cols"]
+           "unit_cols", "on_device", "is_cuda"]
 
-_TARGET: dict[torch.device, int] = {}
+_TARGET: dict[torch.device, str] = {}
 
 
-def target(device: torch.device) -> int:
-    """Config table of ``device``: 90 from compute capability 9 on, else 80; cached per device.
+def target(device: torch.device) -> str:
+    """Config table of ``device`` (``configs.select_table`` of its opt-in shared memory per
+    block, compute capability and multiprocessor count); cached per device.
 
-    CPU tensors (``TRITON_INTERPRET=1``) use 90, whose routes launch ``mmd_small_kernel`` in every
-    mode; the tests switch a device to 80 to run that table's routes.
+    CPU tensors (``TRITON_INTERPRET=1``) use "227KB", whose routes launch ``mmd_small_kernel``
+    in every mode; the tests switch a device to the other tables to run their routes.
     """
     hit = _TARGET.get(device)
     if hit is None:
-        major = torch.cuda.get_device_capability(device)[0] if device.type == "cuda" else 9
-        hit = _TARGET[device] = 90 if major >= 9 else 80
+        if device.type == "cuda":
+            props = torch.cuda.get_device_properties(device)
+            hit = select_table(props.shared_memory_per_block_optin, (props.major, props.minor),
+                               props.multi_processor_count)
+        else:
+            hit = "227KB"
+        _TARGET[device] = hit
     return hit
+
+
+def is_cuda(device: torch.device) -> bool:
+    """Whether launches on ``device`` need a CUDA device guard (the tests stand a CPU tensor
+    in for a second GPU by replacing this)."""
+    return device.type == "cuda"
+
+
+def on_device(device: torch.device) -> contextlib.AbstractContextManager:
+    """The device guard of every backend entry: ``torch.cuda.device(device)`` for CUDA tensors
+    (Triton launches on the current device and its current stream, so a tensor on cuda:1 while
+    cuda:0 is current would otherwise be read by a kernel of the wrong context), nothing for
+    CPU tensors under the interpreter."""
+    return torch.cuda.device(device) if is_cuda(device) else contextlib.nullcontext()
 
 
 _SMS: dict[torch.device, int] = {}

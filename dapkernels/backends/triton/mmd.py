@@ -6,11 +6,15 @@ tables in ``mmd_caches.py``; this module picks a route per call and launches it.
 The contract is ``backends.reference.mmd_sweep``, plus ``mmd_loss`` (the loss value itself,
 which the ops layer prefers).  Everything stays on the device: the bandwidths are computed by
 the kernels from device-side statistics (no host sync), the block sums (or the value) come back
-as a device tensor.  Per call, one of:
+as a device tensor.  Every entry runs under the inputs' device (``device.on_device``).  Per
+call, one of:
 
-* one layer, N ≤ 64: one ``mmd_small_kernel`` launch that reads the source and target rows in
-  place (no copy, no memset) and, for ``mmd_loss``, writes the value, except where
-  ``configs.MMD_NO_SMALL`` says it spills;
+* float64 inputs: ``reference.mmd_formula``, the dense float64 formulas as torch ops on the
+  device (exact float64, O(N²) memory, no host sync): the kernels compute in float32, and a
+  float64 result must not claim precision the computation did not have;
+* one layer, N ≤ 64: one ``mmd_small_kernel`` launch through its cached direct launcher
+  (``launchers.launch``) that reads the source and target rows in place (no copy, no memset)
+  and, for ``mmd_loss``, writes the value, except where ``configs.MMD_NO_SMALL`` says it spills;
 * one layer, d ≤ 256 where the device's table has a flash configuration (see
   ``FLASH_CONFIGS``): one memset, ``mmd_prep_kernel``, ``mmd_flash_kernel``;
 * other single layers with the gradient (d > 256, or no flash configuration): two memsets,
@@ -36,6 +40,7 @@ from collections.abc import Sequence
 import torch
 import triton
 
+from ..reference import mmd_formula
 from . import mmd_kernels as K
 from .configs import (
     COMPUTE_DTYPE,
@@ -56,10 +61,25 @@ from .configs import (
     group_width,
     sweep_config,
 )
-from .device import alert_atomic, deterministic, dot_precision, multiprocessors, target, unit_cols
+from .device import (
+    alert_atomic,
+    deterministic,
+    dot_precision,
+    multiprocessors,
+    on_device,
+    target,
+    unit_cols,
+)
+from .launchers import launch
 from .mmd_caches import bank_table, coef_table, layer_tables, small_plan, squaring
 
-__all__ = ["mmd_sweep", "mmd_loss"]
+__all__ = ["mmd_sweep", "mmd_loss", "takes_reference"]
+
+
+def takes_reference(dtype: torch.dtype) -> bool:
+    """Whether inputs of ``dtype`` run the float64 reference formulas on the device instead of
+    the kernels: float64 (the kernels compute in float32)."""
+    return dtype == torch.float64
 
 
 def _wide_splits(N: int, device: torch.device, cfg: SweepConfig) -> int:
@@ -96,9 +116,9 @@ def _small(s: torch.Tensor, t: torch.Tensor, factors: tuple, rel: bool,
     n, d = s.shape
     N = n + t.shape[0]
     grad = torch.empty((N, d), dtype=dtype, device=device) if need_grad else None
-    K.mmd_small_kernel[(1,)](s, t, bank, out if coef is None else coef,
-                         out if grad is None else grad, out, N, n, d, s.stride(0), t.stride(0),
-                         len(factors), int(rel), *weights, **consts)
+    launch(K.mmd_small_kernel, (1,), device,
+           (s, t, bank, out if coef is None else coef, out if grad is None else grad, out, N, n,
+            d, s.stride(0), t.stride(0), len(factors), int(rel), *weights), consts)
     return grad
 
 
@@ -200,8 +220,20 @@ def mmd_sweep(
         raise ValueError(
             f"the triton backend handles at most {MAX_LAYERS} layers, got {num_layers}"
         )
-    n = sources[0].shape[0]
     weights = tuple(float(w) for w in weights)
+    if takes_reference(sources[0].dtype):
+        with on_device(sources[0].device):
+            return mmd_formula(sources, targets, factors, relative, weights, need_grad)
+    with on_device(sources[0].device):
+        return _sweep(sources, targets, factors, relative, weights, need_grad)
+
+
+def _sweep(sources: Sequence[torch.Tensor], targets: Sequence[torch.Tensor],
+           factors: Sequence[Sequence[float]], relative: Sequence[bool],
+           weights: tuple[float, ...], need_grad: bool) -> tuple:
+    """:func:`mmd_sweep` by the kernels, under the device guard."""
+    num_layers = len(sources)
+    n = sources[0].shape[0]
     if _takes_small(sources, targets, need_grad):
         sums = torch.empty(3, dtype=torch.float64, device=sources[0].device)
         grad = _small(sources[0], targets[0], tuple(factors[0]), bool(relative[0]), weights,
@@ -286,11 +318,17 @@ def mmd_loss(
     """
     weights = tuple(float(w) for w in weights)
     device = sources[0].device
-    coef = coef_table(weights, float(const), device)
-    if _takes_small(sources, targets, need_grad):
-        value = torch.empty((), dtype=out_dtype, device=device)
-        grad = _small(sources[0], targets[0], tuple(factors[0]), bool(relative[0]), weights,
-                      need_grad, coef, value)
-        return value, [grad] if need_grad else []
-    sums, grads = mmd_sweep(sources, targets, factors, relative, weights, need_grad)
-    return (torch.dot(sums, coef[:3]) + coef[3]).to(out_dtype), grads
+    if takes_reference(sources[0].dtype):
+        sums, grads = mmd_sweep(sources, targets, factors, relative, weights, need_grad)
+        with on_device(device):
+            coef = coef_table(weights, float(const), device)
+            return (torch.dot(sums, coef[:3]) + coef[3]).to(out_dtype), grads
+    with on_device(device):
+        coef = coef_table(weights, float(const), device)
+        if _takes_small(sources, targets, need_grad):
+            value = torch.empty((), dtype=out_dtype, device=device)
+            grad = _small(sources[0], targets[0], tuple(factors[0]), bool(relative[0]), weights,
+                          need_grad, coef, value)
+            return value, [grad] if need_grad else []
+        sums, grads = _sweep(sources, targets, factors, relative, weights, need_grad)
+        return (torch.dot(sums, coef[:3]) + coef[3]).to(out_dtype), grads

@@ -14,7 +14,6 @@ with torch in a fixed order, so repeated calls on one device give identical bits
 
 from __future__ import annotations
 
-import contextlib
 import os
 from dataclasses import dataclass
 
@@ -22,6 +21,10 @@ import torch
 import triton
 
 from . import quadratic_forms_kernels as K
+from .device import on_device
+
+__all__ = ["QFConfig", "CONFIGS", "MAX_L_PAD", "PROGRAMS_PER_SM", "config_class", "pick_config",
+           "shared_limit", "num_groups", "dot_precision", "quadratic_forms"]
 
 __all__ = ["quadratic_forms", "QFConfig", "CONFIGS", "pick_config", "config_class",
            "shared_limit", "num_groups", "dot_precision"]
@@ -192,8 +195,7 @@ def quadratic_forms(
     row_blocks = triton.cdiv(N, cfg.BLOCK_I)
     G = groups if groups is not None else num_groups(row_blocks, label_blocks * chunks, device)
     G = max(1, min(G, row_blocks))
-    guard = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
-    with guard:
+    with on_device(device):
         mean = z.mean(0, dtype=torch.float64).to(torch.float32)
         zc = (z - mean).contiguous()
         sq = zc.square().sum(1, dtype=torch.float64).to(torch.float32)

@@ -50,6 +50,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+__all__ = ["IEEE", "QF_CONFIGS", "MAX_L_PAD", "quadratic_forms_kernel"]
+
 #: Launch configurations per device class and tl.dot precision,
 #: ``{class: (min opt-in shared bytes per block, {DOT_PREC: (BLOCK_I, BLOCK_J, BLOCK_B,
 #: BLOCK_D, num_warps, num_stages, maxnreg)})}``; the class is read off the device's
