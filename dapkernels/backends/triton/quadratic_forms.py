@@ -26,9 +26,6 @@ from .device import on_device
 __all__ = ["QFConfig", "CONFIGS", "MAX_L_PAD", "PROGRAMS_PER_SM", "config_class", "pick_config",
            "shared_limit", "num_groups", "dot_precision", "quadratic_forms"]
 
-__all__ = ["quadratic_forms", "QFConfig", "CONFIGS", "pick_config", "config_class",
-           "shared_limit", "num_groups", "dot_precision"]
-
 
 @dataclass(frozen=True)
 class QFConfig:

@@ -65,8 +65,6 @@ __all__ = ["IEEE", "QF_CONFIGS", "MAX_L_PAD", "quadratic_forms_kernel"]
 #: spill with that bound on sm_80 and compile clean without it.  Each entry compiles without
 #: spills, within the shared memory of its class, on each target of its class, for both bank
 #: modes and with or without 16-aligned sizes: ``benchmarks/results/aot_quadratic_forms.txt``.
-__all__ = ["quadratic_forms_kernel", "QF_CONFIGS", "MAX_L_PAD"]
-
 IEEE = (64, 64, 32, 16, 8, 1, 255)
 QF_CONFIGS = {
     # ≈ 99 KB: sm_86, sm_89, sm_120 (RTX 30 / 40 / 50, A10, L4, L40S); also the fallback
