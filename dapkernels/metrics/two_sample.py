@@ -4,6 +4,10 @@ Methods run here: "permutation", "wild" and "aggregated", all on the resampling 
 :mod:`dapkernels.metrics.engine` (formulas, label draw order and routes are documented there);
 "block" and "linear" are dispatched to :mod:`dapkernels.metrics.streaming`.
 
+With ``process_group=group`` x and y are per-rank shards and the quadratic-time tests run
+sharded (:func:`_sharded_test`; docs/distributed.md §Two-sample test): rows gathered once,
+each rank sweeps its own rows against all rows, one all-reduce per label chunk.
+
 Precision: up to :data:`EXACT_ROWS` pooled rows the engine runs in float64 (the counts then
 equal a dense float64 computation with the same draws); beyond, in the input's precision
 (float32 tiles, float64 accumulation), where a resampled statistic within float32 rounding of
