@@ -22,6 +22,18 @@ Compute dtype: float64 for float64 input, else float32; every reduction (Q, rows
 accumulated in float64 across tiles.  Scratch: a few T × T and T × B tiles of the compute
 dtype (T = 512 by default), independent of N; labels stay int8 and are converted one tile at a
 time.
+
+**Rows against all rows** (:func:`quadratic_forms_rows`, the sharded test of
+``mmd_test(..., process_group=…)``): the same sums restricted to the rows ``i`` of a given set
+``R`` (a process's own rows), each against every row ``j ≠ i``::
+
+    Q_R[l, b]       = Σ_{i∈R} Σ_{j≠i} K_l[i, j] v[i, b] v[j, b]
+    rowsums_R[l, i] = Σ_{j≠i} K_l[i, j]        (i ∈ R)
+
+Every ordered pair (i, j) belongs to the set of i, so over sets that partition the rows the
+partial sums add up to the contract's outputs (``|R| · N`` pair evaluations per set instead of
+the symmetric sweep's N²/2 in all).  Tiles: T own rows × T columns, ``K_IJ @ V_J`` reduced
+against ``V_I`` on the fly, the self pairs (global index i = j) zeroed.
 """
 
 from __future__ import annotations
@@ -30,7 +42,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-__all__ = ["quadratic_forms", "quadratic_forms_parts", "DEFAULT_TILE"]
+__all__ = ["quadratic_forms", "quadratic_forms_parts", "quadratic_forms_rows", "DEFAULT_TILE"]
 
 #: Rows per tile (T): scratch is O(T² + T·B) elements of the compute dtype.
 DEFAULT_TILE = 512
@@ -114,6 +126,68 @@ def quadratic_forms_parts(
         if on_row_tile is not None:
             on_row_tile()
     return q, rowsums, rowsums.sum(1)
+
+
+def quadratic_forms_rows(
+    parts: Sequence[torch.Tensor],
+    own: Sequence[tuple[int, int]],
+    gammas: torch.Tensor,
+    v: torch.Tensor,
+    sum_bank: bool,
+    tile: int = DEFAULT_TILE,
+    on_row_tile: Callable[[], None] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows ``R`` of ``z = [parts[0]; parts[1]; …]`` against all rows (module docstring).
+
+    Args:
+        parts: row blocks of the pooled sample (equal width, one device); centred by the mean
+            of all of them, as :func:`quadratic_forms_parts` does.
+        own: ``R`` as half-open global row ranges ``[(i0, i1), …]`` (empty ranges allowed).
+        gammas, sum_bank: the bank, as in the contract.
+        v: (N, B) labels of **all** rows (int8 or float).
+        tile: rows per tile T (own rows and columns alike).
+        on_row_tile: called once per tile of own rows (progress reporting).
+
+    Returns:
+        ``(Q_R (L', B), rowsums_R (L', |R|))`` float64 on the parts' device; the row sums in
+        the order of ``own``.
+    """
+    device = parts[0].device
+    cdt = torch.float64 if parts[0].dtype == torch.float64 else torch.float32
+    rows = _Rows(parts, cdt)
+    n_rows = rows.n
+    nb = v.shape[1]
+    g = [float(x) for x in gammas.detach().cpu().to(torch.float64)]
+    lp = 1 if sum_bank else len(g)
+    tiles = [(a, min(a + tile, i1)) for i0, i1 in own for a in range(i0, i1, tile)]
+    q = torch.zeros(lp, nb, dtype=torch.float64, device=device)
+    rowsums = torch.zeros(lp, sum(b - a for a, b in tiles), dtype=torch.float64, device=device)
+    norms = torch.empty(n_rows, dtype=cdt, device=device)
+    for j0 in range(0, n_rows, tile):
+        c = rows.get(j0, min(j0 + tile, n_rows))
+        norms[j0:j0 + c.shape[0]] = (c * c).sum(1)
+    out0 = 0
+    for i0, i1 in tiles:
+        ci = rows.get(i0, i1)
+        vi = v[i0:i1].to(cdt)
+        for j0 in range(0, n_rows, tile):
+            j1 = min(j0 + tile, n_rows)
+            cj = rows.get(j0, j1)
+            dist = torch.addmm(norms[i0:i1, None] + norms[None, j0:j1], ci, cj.T, alpha=-2.0)
+            dist.clamp_(min=0.0)
+            kernels = _bank(dist, g, sum_bank)
+            lo, hi = max(i0, j0), min(i1, j1)
+            for idx, k in enumerate(kernels):
+                if lo < hi:  # the self pairs i = j inside this tile
+                    r = torch.arange(lo, hi, device=device)
+                    k[r - i0, r - j0] = 0.0
+                p = k @ v[j0:j1].to(cdt)
+                q[idx] += torch.einsum("ib,ib->b", vi, p).to(torch.float64)
+                rowsums[idx, out0:out0 + i1 - i0] += k.sum(1, dtype=torch.float64)
+        out0 += i1 - i0
+        if on_row_tile is not None:
+            on_row_tile()
+    return q, rowsums
 
 
 def _bank(dist: torch.Tensor, g: list, sum_bank: bool) -> list:

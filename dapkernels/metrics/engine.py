@@ -80,6 +80,7 @@ __all__ = [
     "permutation_labels",
     "wild_labels",
     "permutation_statistics",
+    "permutation_statistics_dot",
     "wild_statistics",
     "cross_diagonal",
 ]
@@ -236,7 +237,16 @@ def permutation_statistics(
     n: int, m: int, estimator: str, k0: float,
 ) -> torch.Tensor:
     """(L', c) permuted statistics from the engine outputs of the label chunk ``v`` (above)."""
-    r = 0.5 * (total[:, None] + _rowsums_dot(rowsums, v))
+    return permutation_statistics_dot(q, _rowsums_dot(rowsums, v), total, n, m, estimator, k0)
+
+
+def permutation_statistics_dot(
+    q: torch.Tensor, rv: torch.Tensor, total: torch.Tensor, n: int, m: int, estimator: str,
+    k0: float,
+) -> torch.Tensor:
+    """:func:`permutation_statistics` from ``rv = rowsums @ v`` (L', c), already formed (the
+    sharded test all-reduces each process's partial ``rowsums_R @ v_R``)."""
+    r = 0.5 * (total[:, None] + rv)
     x = 0.25 * (total[:, None] - q)
     a = r - x
     c = total[:, None] - r - x
