@@ -1,14 +1,17 @@
 """Running a function on W gloo ranks (CPU) with timeouts: a hung collective fails the test.
 
-``run_ranks(fn, world, *args)`` spawns W processes, each calls ``init(rank, world, port)``
+``run_ranks(fn, world, *args)`` spawns W processes, each calls ``init(rank, world, store)``
 (gloo, 60 s collective timeout) then ``fn(rank, world, *args)``; an exception on any rank fails
-the test with that rank's traceback, and a run longer than ``timeout`` kills every rank.
+the test with that rank's traceback, and a run longer than ``timeout`` kills every rank.  The
+ranks rendezvous through a file in a fresh temporary folder (``file://``), not a TCP port, so
+runs on one machine at the same time cannot collide.
 """
 
 from __future__ import annotations
 
 import os
-import socket
+import shutil
+import tempfile
 import time
 from datetime import timedelta
 
@@ -17,21 +20,15 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def init(rank: int, world: int, port: int) -> None:
+def init(rank: int, world: int, store: str) -> None:
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank,
                             world_size=world, timeout=timedelta(seconds=60))
 
 
-def _entry(rank: int, fn, world: int, port: int, args: tuple) -> None:
-    init(rank, world, port)
+def _entry(rank: int, fn, world: int, store: str, args: tuple) -> None:
+    init(rank, world, store)
     try:
         fn(rank, world, *args)
     finally:
@@ -41,7 +38,15 @@ def _entry(rank: int, fn, world: int, port: int, args: tuple) -> None:
 def run_ranks(fn, world: int, *args, timeout: float = 80.0) -> None:
     """Runs ``fn(rank, world, *args)`` on ``world`` spawned gloo ranks; raises on any failure
     or when the ranks are not done within ``timeout`` seconds."""
-    ctx = mp.start_processes(_entry, args=(fn, world, free_port(), args), nprocs=world,
+    folder = tempfile.mkdtemp(prefix="dk_ranks_")
+    try:
+        _run(fn, world, os.path.join(folder, "store"), args, timeout)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _run(fn, world: int, store: str, args: tuple, timeout: float) -> None:
+    ctx = mp.start_processes(_entry, args=(fn, world, store, args), nprocs=world,
                              join=False, start_method="spawn")
     deadline = time.monotonic() + timeout
     while not ctx.join(timeout=1.0):

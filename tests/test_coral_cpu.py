@@ -127,7 +127,7 @@ from dapkernels.backends import cpu_coral
 from tests.test_coral import draw, oracle_with_grad, rel
 assert _C.isa == sys.argv[1], (_C.isa, sys.argv[1])
 out = []
-for ns, nt, d, path in ((32, 32, 256, "auto"), (32, 32, 2048, "auto"), (13, 22, 517, "gram"),
+for ns, nt, d, path in ((32, 32, 256, "auto"), (64, 64, 2048, "auto"), (13, 22, 517, "gram"),
                         (128, 128, 64, "auto"), (41, 30, 23, "cov"), (5, 3, 1, "auto")):
     for dtype in (torch.float32, torch.float64):
         xs, xt = draw(ns, nt, d, dtype, 100.0, ns + d)
@@ -165,13 +165,13 @@ def test_each_instruction_set_meets_the_accuracy_bar(isa_results, isa):
 
 def test_baseline_copy_hands_gemm_bound_problems_to_torch(isa_results):
     """Under the baseline copy, where torch has wider vectors, the GEMM-bound case of the child
-    (32 + 32, d = 2048, Gram path) took the BLAS route and met the bar above; no other copy
+    (64 + 64, d = 2048, Gram path) took the BLAS route and met the bar above; no other copy
     routes anything."""
     wider = torch.backends.cpu.get_cpu_capability() != "DEFAULT"
     for isa, res in isa_results.items():
         routes = {tuple(r["case"][:4]): r["route"] for r in res["results"]}
         expect_gram = "gram" if isa == "baseline" and wider else None
-        assert routes[(32, 32, 2048, "auto")] == expect_gram, isa
+        assert routes[(64, 64, 2048, "auto")] == expect_gram, isa
         assert routes[(5, 3, 1, "auto")] is None and routes[(32, 32, 256, "auto")] is None
 
 
@@ -226,7 +226,7 @@ def test_blas_route_rule(monkeypatch):
     w = cpu_coral.BLAS_MIN_WORK
     assert cpu_coral.blas_route(32, 32, w // 64**2, "auto") == "gram"
     assert cpu_coral.blas_route(32, 32, w // 64**2 - 1, "auto") is None
-    assert cpu_coral.blas_route(512, 512, 64, "auto") == "cov"  # 1024·64² = w
+    assert cpu_coral.blas_route(2048, 2048, 64, "auto") == "cov"  # 4096·64² = w
     assert cpu_coral.blas_route(256, 256, 64, "auto") is None
     assert cpu_coral.blas_route(64, 64, 512, "cov") == "cov"  # forced path: its own work
     xs, xt = draw(64, 64, 1024, torch.float32, 3.0, 8)

@@ -30,11 +30,12 @@ PATHS = {"auto": 0, "gram": 1, "cov": 2}
 _FLOAT32_MAX = torch.finfo(torch.float32).max
 
 #: Smallest work of one product (N²·d multiply-adds on the Gram path, N·d² on the d×d path)
-#: that takes the BLAS route on a baseline core (see the module docstring).  Measured crossover
-#: on the 2-core Zen 4 development machine with the core capped to baseline, one thread:
-#: 32 + 32, d = 1024 (4.2 M) ties; 32 + 32, d = 512 (2.1 M) the core is 1.3× faster; at
-#: 64 + 64, d = 512 (8.4 M) torch's GEMMs are 1.4× faster.
-BLAS_MIN_WORK = 4 * 2**20
+#: that takes the BLAS route on a baseline core (see the module docstring).  Measured on the
+#: 2-core Zen 4 development machine with the core capped to baseline: with one thread the
+#: torch formula overtakes the core between 8.4 M (64 + 64, d = 512: core 0.77 ms, torch Gram
+#: formula 0.87 ms) and 16.8 M (64 + 64, d = 1024: 1.49 vs 1.35 ms); with two threads the core
+#: also keeps 32 + 32, d = 2048 (8.4 M: 0.79 ms vs 1.52 ms through torch's GEMMs).
+BLAS_MIN_WORK = 2**24
 
 
 def _blas_is_wider() -> bool:
@@ -58,7 +59,8 @@ def blas_route(ns: int, nt: int, d: int, path: str) -> str | None:
 
 
 def _centred(x: torch.Tensor, name: str) -> torch.Tensor:
-    """``x − mean(x)`` (mean in float64, result in x's dtype); NaN/Inf raise like the core."""
+    """``x − mean(x)`` (mean accumulated in float64, rounded to x's dtype once, then one
+    subtraction pass in x's dtype); NaN/Inf raise like the core."""
     mean = x.mean(dim=0, dtype=torch.float64)
     if not bool(torch.isfinite(mean).all()):
         bad = (~torch.isfinite(x)).any(dim=1).nonzero()
@@ -66,7 +68,7 @@ def _centred(x: torch.Tensor, name: str) -> torch.Tensor:
             raise ValueError(f"{name} contains non-finite values (NaN or Inf): row "
                              f"{int(bad[0, 0])}")
         raise ValueError(f"{name}: features too large (their column sums overflow float64)")
-    return (x.to(torch.float64) - mean).to(x.dtype)
+    return x - mean.to(x.dtype)
 
 
 def blas_gram_sweep(xs: torch.Tensor, xt: torch.Tensor, need_grad: bool) -> tuple:
