@@ -54,6 +54,27 @@ def test_end_to_end_block_linear_pad_coral(files, capsys):
     assert (out / "shift.png").read_bytes()[:8] == PNG_MAGIC
 
 
+def test_resampling_methods_match_mmd_test(files, capsys):
+    """permutation / wild / aggregated through the command equal mmd_test with the same seed."""
+    tmp, src, tgt = files
+    out = tmp / "out"
+    np.save(tmp / "t_eq.npy", np.concatenate([tgt, tgt[:100]]))  # n = m for "wild"
+    rc = main(["shift", str(tmp / "s.npy"), str(tmp / "t_eq.npy"), "--method", "permutation",
+               "wild", "aggregated", "--permutations", "60", "--out", str(out), "--seed", "5"])
+    assert rc == 0
+    payload = json.loads((out / "shift.json").read_text())
+    x = torch.from_numpy(src)
+    y = torch.from_numpy(np.load(tmp / "t_eq.npy"))
+    for method in ("permutation", "wild", "aggregated"):
+        ref = dk.metrics.mmd_test(x, y, method=method, num_permutations=60,
+                                  generator=torch.Generator().manual_seed(5))
+        got = payload["tests"][method]
+        assert got["p_value"] == ref.p_value and got["reject"] == ref.reject, method
+        assert got["statistic"] == pytest.approx(ref.statistic, rel=1e-12)
+    assert len(payload["tests"]["aggregated"]["per_kernel"]) == 10
+    assert (out / "shift.png").read_bytes()[:8] == PNG_MAGIC
+
+
 def test_npz_and_pt_inputs(files, capsys):
     tmp, src, tgt = files
     np.savez(tmp / "both.npz", source=src, target=tgt)

@@ -293,23 +293,30 @@ def _write_png(path: Path, payload: dict, results: dict, src, tgt, seed: int) ->
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
     ax = axes[0]
     with_null = [m for m, r in results.items() if r.null is not None]
+    observed = threshold = None
     if with_null:
         r = results[with_null[0]]
-        ax.hist(r.null.double().numpy(), bins=40, color="tab:gray", alpha=0.8, label="null")
-        ax.set_title(f"{with_null[0]}: null of {r.num_permutations} resamples")
+        null, observed, threshold = r.null, r.statistic, r.threshold
+        title = f"{with_null[0]}: null of {r.num_permutations} resamples"
+        if null.dim() == 2:  # aggregated: (L, B), shown for its most significant kernel
+            k = min(range(len(r.per_kernel)), key=lambda i: r.per_kernel[i].p_value)
+            null, observed, threshold = null[k], r.per_kernel[k].statistic, None
+            title += f", σ²={r.per_kernel[k].sigma2:.3g}"
+        ax.hist(null.double().numpy(), bins=40, color="tab:gray", alpha=0.8, label="null")
+        ax.set_title(title)
     elif results:
-        name = next(iter(results))
-        r = results[name]
+        r = results[next(iter(results))]
         se = r.std_error or 1.0
+        observed, threshold = r.statistic, r.threshold
         grid = np.linspace(-4 * se, max(4 * se, 1.2 * r.statistic), 300)
         ax.plot(grid, np.exp(-0.5 * (grid / se) ** 2) / (se * math.sqrt(2 * math.pi)),
                 color="tab:gray", label="Gaussian null N(0, se²)")
-        ax.set_title(f"{name}: Gaussian null ({r.num_blocks} units)")
-    if results:
-        name = with_null[0] if with_null else next(iter(results))
-        ax.axvline(results[name].statistic, color="tab:red", label="observed")
-        ax.axvline(results[name].threshold, color="black", linestyle="--",
-                   label=f"threshold (α = {payload['alpha']})")
+        ax.set_title(f"{next(iter(results))}: Gaussian null ({r.num_blocks} units)")
+    if observed is not None:
+        ax.axvline(observed, color="tab:red", label="observed")
+        if threshold is not None and math.isfinite(threshold):
+            ax.axvline(threshold, color="black", linestyle="--",
+                       label=f"threshold (α = {payload['alpha']})")
         ax.legend(fontsize="small")
     ax.set_xlabel("MMD² statistic")
     ax = axes[1]
