@@ -3,8 +3,9 @@
 // L = w_ss S_ss + 2 w_st S_st + w_tt S_tt.
 //
 // Python entry point: mmd_sweep(...), the whole sweep in one call (own GEMM micro-kernel,
-// tiles I ≤ J over OpenMP threads).  Every pointer is validated with make_matrix before use and
-// the GIL is released while the kernels run.
+// tiles I ≤ J over OpenMP threads; batches of at most kSmallRows rows in two phases over a
+// stored C, see sweep_small).  Every pointer is validated with make_matrix before use and the
+// GIL is released while the kernels run.
 //
 // The kernels are compiled three times (baseline x86-64, AVX2+FMA, AVX-512) and the copy to run
 // is picked once from the CPU's features, so the extension runs on any x86-64 CPU.
@@ -68,6 +69,9 @@ struct Kernels {
   void (*sweep_direct)(const Context<T>&, const T* const*, const std::int64_t*,
                        const std::int64_t*, std::int64_t, bool, T* const*, const std::int64_t*,
                        const double*, double*, int);
+  void (*sweep_small)(const Context<T>&, const T* const*, const std::int64_t*,
+                      const std::int64_t*, std::int64_t, bool, T* const*, const std::int64_t*,
+                      const double*, double*, int);
   void (*column_sums)(std::int64_t, std::int64_t, const T*, std::int64_t, double*, int);
   void (*center_rows)(std::int64_t, std::int64_t, const T*, std::int64_t, const double*, T*,
                       std::int64_t, double*, double*, int);
@@ -76,7 +80,8 @@ struct Kernels {
 
 #define DK_KERNELS(ns, T)                                                               \
   Kernels<T> {                                                                          \
-    &ns::sweep_direct<T>, &ns::column_sums<T>, &ns::center_rows<T>, &ns::rescale_rows<T> \
+    &ns::sweep_direct<T>, &ns::sweep_small<T>, &ns::column_sums<T>, &ns::center_rows<T>,  \
+        &ns::rescale_rows<T>                                                            \
   }
 
 template <typename T>
@@ -200,6 +205,10 @@ std::pair<double, double> center(const Matrix& s, const Matrix& t, int layer,
   return {md > 0.0 ? md : 1.0, std::ldexp(1.0, e)};
 }
 
+// Batches of at most this many rows take the two-phase sweep_small (its C^l is at most
+// kSmallRows² elements per layer); larger ones the one-pass sweep_direct.
+constexpr std::int64_t kSmallRows = 256;
+
 struct Args {
   std::vector<Matrix> s, t;  // per layer: source block (n × d_l), target block (m × d_l)
   std::int64_t N = 0, n = 0;
@@ -269,7 +278,8 @@ py::tuple sums_tuple(const double* s) { return py::make_tuple(s[0], 0.5 * s[1], 
 template <typename T>
 py::tuple sweep_direct_typed(const Args& a, const std::vector<std::vector<double>>& factors,
                              const std::vector<bool>& relative, const std::vector<double>& weights,
-                             const std::vector<Matrix>& grads, std::int64_t tile, int threads) {
+                             const std::vector<Matrix>& grads, std::int64_t tile, int threads,
+                             std::int64_t small_rows) {
   const int L = static_cast<int>(a.s.size());
   const std::int64_t N = a.N;
   double sums[3] = {0.0, 0.0, 0.0};
@@ -303,8 +313,10 @@ py::tuple sweep_direct_typed(const Args& a, const std::vector<std::vector<double
     }
   }
   const Context<T> cx = make_context<T>(a, weights, np, plans);
-  kernels<T>().sweep_direct(cx, cp.data(), ldc.data(), dims.data(), tile, !grads.empty(),
-                            gp.data(), ldg.data(), gscale.data(), sums, threads);
+  const Kernels<T> k = kernels<T>();
+  (N <= small_rows ? k.sweep_small : k.sweep_direct)(cx, cp.data(), ldc.data(), dims.data(),
+                                                     tile, !grads.empty(), gp.data(), ldg.data(),
+                                                     gscale.data(), sums, threads);
   // Features far below 1 have gradients far above 1 (the loss is scale-free): report a
   // gradient beyond T's range rather than return Inf.
   for (int l = 0; l < L && !grads.empty(); ++l) {
@@ -331,10 +343,12 @@ py::tuple mmd_sweep(const std::vector<std::uintptr_t>& source_ptrs,
                     const std::vector<bool>& relative, const std::vector<double>& weights,
                     const std::vector<std::uintptr_t>& grad_ptrs,
                     const std::vector<std::int64_t>& grad_row_strides, std::int64_t tile,
-                    int threads) {
+                    int threads, std::int64_t small_rows) {
   if (threads < 1) throw py::value_error("threads: must be at least 1");
   if (tile < 32 || tile > 1024 || tile % 32 != 0)
     throw py::value_error("tile: must be a multiple of 32 in [32, 1024]");
+  if (small_rows < 0 || small_rows > 1024)  // bounds the stored C (small_rows² per layer)
+    throw py::value_error("small_rows: must be in [0, 1024]");
   const Args a = parse_inputs(source_ptrs, target_ptrs, n, m, cols, source_row_strides,
                               source_col_strides, target_row_strides, target_col_strides, dtype,
                               factors, relative, weights);
@@ -348,8 +362,10 @@ py::tuple mmd_sweep(const std::vector<std::uintptr_t>& source_ptrs,
     }
   }
   if (a.dtype == DType::f32)
-    return sweep_direct_typed<float>(a, factors, relative, weights, grads, tile, threads);
-  return sweep_direct_typed<double>(a, factors, relative, weights, grads, tile, threads);
+    return sweep_direct_typed<float>(a, factors, relative, weights, grads, tile, threads,
+                                     small_rows);
+  return sweep_direct_typed<double>(a, factors, relative, weights, grads, tile, threads,
+                                    small_rows);
 }
 
 }  // namespace mmd
@@ -363,9 +379,12 @@ void register_mmd(pybind11::module_& m) {
         py::arg("target_col_strides"), py::arg("dtype"), py::arg("factors"), py::arg("relative"),
         py::arg("weights"), py::arg("grad_ptrs"), py::arg("grad_row_strides"),
         py::arg("tile") = 32, py::arg("threads") = 1,
+        py::arg("small_rows") = dk::mmd::kSmallRows,
         "Whole fused MMD sweep in C++ (tiles of `tile` rows) over the rows of the source blocks "
         "(n × d_l) then the target blocks (m × d_l): returns (S_ss, S_st, S_tt) and, when "
         "grad_ptrs is non-empty, writes dL/dz_l ((n + m) × d_l, L = w_ss S_ss + 2 w_st S_st + "
         "w_tt S_tt) into them.  Runs on at most `threads` OpenMP threads; results are bitwise "
-        "identical for any thread count.");
+        "identical for any thread count.  Batches of at most `small_rows` rows (default: the "
+        "core's kSmallRows) take the two-phase path over a stored C matrix, larger ones the "
+        "one-pass tile sweep; tests set it to compare the two.");
 }

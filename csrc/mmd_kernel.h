@@ -118,7 +118,7 @@ struct Scratch {
 // Epilogue of rows [r0, r1) of a tile with rows from i0 and columns [j0, j1): reads the Gram
 // tile G_l (row stride ldg) of every layer, adds m·k to sums[0 ss, 1 cross, 2 tt] and, with
 // need_grad, overwrites G_l with C^l and adds its row sums to rowsum[l][i] and its column sums
-// to colsum[l][j − j0].  Columns below diag_end form a diagonal block: multiplicity 1, and no
+// to colsum[l][j − j0] (either skipped when its array is null).  Columns below diag_end form a diagonal block: multiplicity 1, and no
 // column sums there (the block holds both (i, j) and (j, i); the caller applies C·c_J once).
 template <typename T, int LT>
 void epilogue_rows(const Context<T>& cx, T* const* G, std::int64_t ldg, std::int64_t i0,
@@ -149,7 +149,7 @@ void epilogue_rows(const Context<T>& cx, T* const* G, std::int64_t ldg, std::int
       const bool diag = p < diag_end;
       const int widx = a + (p >= cx.n ? 1 : 0);
       const T cscale = static_cast<T>(-cx.w[widx]);
-      const bool addcol = need_grad && !diag;
+      const bool addcol = need_grad && !diag && colsum != nullptr;
       V sumk{};
       for (std::int64_t c0 = p; c0 < q; c0 += kChunk) {
         const int cnt = static_cast<int>(std::min<std::int64_t>(kChunk, q - c0));
@@ -197,7 +197,7 @@ void epilogue_rows(const Context<T>& cx, T* const* G, std::int64_t ldg, std::int
       }
       sums[widx] += (diag ? 1.0 : 2.0) * hsum<T>(sumk);
     }
-    if (need_grad)
+    if (need_grad && rowsum != nullptr)
       for (int l = 0; l < L; ++l) rowsum[l][i] += hsum<T>(rowacc[l]);
   }
 }
@@ -449,4 +449,121 @@ void sweep_direct(const Context<T>& cx, const T* const* c, const std::int64_t* l
   }
   for (std::int64_t I = 0; I < nb; ++I)
     for (int k = 0; k < 3; ++k) sums[k] += block_sums[3 * I + k];
+}
+
+// F[j, i] = F[i, j] for i in [i0, i1), j in [j0, j1) (row stride ldf; the two ranges do not
+// overlap): whole W×W blocks transposed in registers, the ragged edge one entry at a time.
+template <typename T>
+void mirror_tile(T* F, std::int64_t ldf, std::int64_t i0, std::int64_t i1, std::int64_t j0,
+                 std::int64_t j1) {
+  typedef vec_t<T> V;
+  constexpr int W = kLanes<T>;
+  for (std::int64_t ib = i0; ib < i1; ib += W)
+    for (std::int64_t jb = j0; jb < j1; jb += W) {
+      if (ib + W <= i1 && jb + W <= j1) {
+        V r[W];
+#pragma GCC unroll 16
+        for (int q = 0; q < W; ++q) r[q] = vload(F + (ib + q) * ldf + jb);
+        transpose_block<T>(r);
+#pragma GCC unroll 16
+        for (int q = 0; q < W; ++q) vstore(F + (jb + q) * ldf + ib, r[q]);
+        continue;
+      }
+      for (std::int64_t i = ib; i < std::min(ib + W, i1); ++i)
+        for (std::int64_t j = jb; j < std::min(jb + W, j1); ++j) F[j * ldf + i] = F[i * ldf + j];
+    }
+}
+
+// Small batches (N ≤ kSmallRows, chosen in mmd.cpp): the sweep in two phases over the whole
+// C^l (ldf × ldf per layer, ldf = N rounded up to B), so that two threads share even a batch
+// of two tiles evenly — sweep_direct's schedule gives the off-diagonal tile of a 2-tile batch,
+// two thirds of its work, to one thread.
+//   1. Every tile I ≤ J, off-diagonal ones first (twice a diagonal tile's work), dynamic
+//      schedule: Gram product, epilogue (block sums into the tile's own slot, C^l_IJ in
+//      place), then the mirror C^l_JI = C^l_IJᵀ.
+//   2. Rows shared out statically in groups of DK_MR: one GEMM with K = N per group gives
+//      (C^l c_l)_i, then rowsum_i = Σ_j C^l_ij (float64, j in order) and
+//      ∂L/∂z_i = gscale · 4 (rowsum_i c_i − (C^l c_l)_i).
+// Every sum is formed in an order fixed by tile and row indices: bitwise identical results
+// across calls and thread counts (not bitwise equal to sweep_direct's, which adds row sums tile
+// by tile).  Scratch: L·ldf² elements for C plus, per thread, d_max·B packed columns and the
+// bank values of one chunk.
+template <typename T>
+void sweep_small(const Context<T>& cx, const T* const* c, const std::int64_t* ldc,
+                 const std::int64_t* dims, std::int64_t B, bool need_grad, T* const* grad,
+                 const std::int64_t* ldgrad, const double* gscale, double* sums, int threads) {
+  const std::int64_t N = cx.N;
+  const int L = cx.layers;
+  const std::int64_t nb = (N + B - 1) / B, ldf = nb * B, ntiles = nb * (nb + 1) / 2;
+  const std::int64_t groups = (N + DK_MR - 1) / DK_MR;
+  std::int64_t dsum = 0, dmax = 0;
+  for (int l = 0; l < L; ++l) {
+    dsum += dims[l];
+    dmax = std::max(dmax, ldc[l]);
+  }
+  const bool parallel = threads > 1 && N * N * dsum > (std::int64_t(1) << 19);
+  const int nt = parallel ? static_cast<int>(std::min<std::int64_t>(threads, groups)) : 1;
+  const std::int64_t per =
+      dmax * B + static_cast<std::int64_t>(sizeof(Scratch<T>) / sizeof(T)) + 2 * kLanes<T>;
+  std::unique_ptr<T[]> scratch(new T[static_cast<std::size_t>(per * nt)]);
+  std::unique_ptr<T[]> full(new T[static_cast<std::size_t>(L * ldf * ldf)]);
+  std::vector<double> tile_sums(static_cast<std::size_t>(3 * ntiles), 0.0);
+  std::vector<std::int64_t> tile_i, tile_j;
+  for (std::int64_t I = 0; I < nb; ++I)
+    for (std::int64_t J = I + 1; J < nb; ++J) {
+      tile_i.push_back(I);
+      tile_j.push_back(J);
+    }
+  for (std::int64_t I = 0; I < nb; ++I) {
+    tile_i.push_back(I);
+    tile_j.push_back(I);
+  }
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    T* bt = scratch.get() + per * thread_index();
+    Scratch<T>& sc = *reinterpret_cast<Scratch<T>*>(bt + dmax * B);
+    T* G[kMaxLayers] = {};
+#pragma omp for schedule(dynamic, 1)
+    for (std::int64_t t = 0; t < ntiles; ++t) {
+      const std::int64_t i0 = tile_i[t] * B, j0 = tile_j[t] * B;
+      const std::int64_t i1 = std::min(i0 + B, N), j1 = std::min(j0 + B, N);
+      const bool diag = i0 == j0;
+      for (int l = 0; l < L; ++l) {
+        G[l] = full.get() + l * ldf * ldf + i0 * ldf + j0;
+        pack_transposed<T>(c[l], ldc[l], dims[l], j0, j1, B, bt);
+        gemm<T, false>(i1 - i0, dims[l], diag ? i1 - i0 : B, c[l] + i0 * ldc[l], ldc[l], 1, bt,
+                       B, G[l], ldf, diag);
+      }
+      epilogue_rows_any<T>(cx, G, ldf, i0, i0, i1, j0, j1, diag ? j1 : j0, need_grad, nullptr,
+                           nullptr, &tile_sums[3 * t], sc);
+      if (!need_grad || diag) continue;
+      for (int l = 0; l < L; ++l) mirror_tile<T>(full.get() + l * ldf * ldf, ldf, i0, i1, j0, j1);
+    }
+    if (need_grad) {
+#pragma omp for schedule(static)
+      for (std::int64_t g = 0; g < groups; ++g) {
+        const std::int64_t r0 = g * DK_MR, r1 = std::min(N, r0 + DK_MR);
+        for (int l = 0; l < L; ++l) {
+          const T* F = full.get() + l * ldf * ldf;
+          const std::int64_t d = dims[l];
+          gemm<T, false>(r1 - r0, N, d, F + r0 * ldf, ldf, 1, c[l], ldc[l],
+                         grad[l] + r0 * ldgrad[l], ldgrad[l]);
+          const T f = static_cast<T>(4.0 * gscale[l]);
+          for (std::int64_t i = r0; i < r1; ++i) {
+            const T* Fi = F + i * ldf;
+            double rs = 0.0;
+#pragma omp simd reduction(+ : rs)
+            for (std::int64_t j = 0; j < N; ++j) rs += static_cast<double>(Fi[j]);
+            const T r = static_cast<T>(rs);
+            const T* ci = c[l] + i * ldc[l];
+            T* gi = grad[l] + i * ldgrad[l];
+#pragma omp simd
+            for (std::int64_t k = 0; k < d; ++k) gi[k] = f * (r * ci[k] - gi[k]);
+          }
+        }
+      }
+    }
+  }
+  for (std::int64_t t = 0; t < ntiles; ++t)
+    for (int k = 0; k < 3; ++k) sums[k] += tile_sums[3 * t + k];
 }

@@ -80,8 +80,16 @@ def _set_tile(monkeypatch, tile: int) -> None:
 
 @pytest.fixture
 def tiled(monkeypatch):
-    """Smallest tiles: a 150-row batch becomes 15 tiles (I ≤ J), the last ones partial."""
+    """Smallest tiles: a 150-row batch becomes 15 tiles (I ≤ J), the last ones partial
+    (the two-phase small-batch sweep)."""
     _set_tile(monkeypatch, 32)
+
+
+@pytest.fixture
+def direct(monkeypatch):
+    """Smallest tiles and the one-pass sweep at every size (no two-phase small-batch path)."""
+    _set_tile(monkeypatch, 32)
+    monkeypatch.setattr(cpu, "SMALL_ROWS", 0)
 
 
 @st.composite
@@ -98,6 +106,7 @@ def problems(draw):
         estimator=draw(st.sampled_from(["biased", "unbiased"])),
         dtype=draw(st.sampled_from([torch.float32, torch.float64])),
         tile=draw(st.sampled_from([0, 32, 64, 128])),  # 0: the default choice
+        small_rows=draw(st.sampled_from([cpu.SMALL_ROWS, 0, 1024])),  # path by size / forced
         seed=draw(st.integers(0, 2**31 - 1)),
     )
 
@@ -115,6 +124,7 @@ def _bank(kind: str, d: int) -> tuple:
 def test_sweep_matches_reference(monkeypatch, p):
     if p["tile"]:
         _set_tile(monkeypatch, p["tile"])
+    monkeypatch.setattr(cpu, "SMALL_ROWS", p["small_rows"])
     gen = torch.Generator().manual_seed(p["seed"])
     N, n = p["N"], p["n"]
     zs = []
@@ -126,14 +136,14 @@ def test_sweep_matches_reference(monkeypatch, p):
     _check(zs, n, list(factors), list(relative), p["estimator"])
 
 
-@pytest.mark.parametrize("path", ["default", "tiled"])
+@pytest.mark.parametrize("path", ["default", "tiled", "direct"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize(
     "case", ["offset", "duplicates", "tiny", "huge", "far_fixed"],
 )
 def test_adversarial_inputs(request, path, dtype, case):
-    if path == "tiled":
-        request.getfixturevalue("tiled")
+    if path != "default":
+        request.getfixturevalue(path)
     gen = torch.Generator().manual_seed(1)
     N, n, d = 150, 70, 40
     z = torch.randn(N, d, generator=gen, dtype=torch.float64)
@@ -151,11 +161,11 @@ def test_adversarial_inputs(request, path, dtype, case):
     _check([z.to(dtype)], n, [factors], [relative])
 
 
-@pytest.mark.parametrize("path", ["default", "tiled"])
+@pytest.mark.parametrize("path", ["default", "tiled", "direct"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_identical_rows_are_finite(request, path, dtype):
-    if path == "tiled":
-        request.getfixturevalue("tiled")
+    if path != "default":
+        request.getfixturevalue(path)
     z = torch.full((100, 7), 3.25, dtype=dtype)
     n = 40
     w = _weights("unbiased", n, 60)
@@ -178,10 +188,10 @@ def test_large_n_at_default_tiles():
            "biased")
 
 
-@pytest.mark.parametrize("path", ["default", "tiled"])
+@pytest.mark.parametrize("path", ["default", "tiled", "direct"])
 def test_no_grad_and_non_contiguous(request, path):
-    if path == "tiled":
-        request.getfixturevalue("tiled")
+    if path != "default":
+        request.getfixturevalue(path)
     gen = torch.Generator().manual_seed(4)
     base = torch.randn(30, 200, generator=gen, dtype=torch.float64)
     z = base.t()[:, ::2]  # (200, 15), column stride 400: copied to contiguous rows
@@ -195,10 +205,10 @@ def test_no_grad_and_non_contiguous(request, path):
                                atol=0)
 
 
-@pytest.mark.parametrize("path", ["default", "tiled"])
-def test_gradcheck_mmd_and_jmmd(monkeypatch, path):
-    if path == "tiled":
-        _set_tile(monkeypatch, 32)
+@pytest.mark.parametrize("path", ["default", "tiled", "direct"])
+def test_gradcheck_mmd_and_jmmd(request, path):
+    if path != "default":
+        request.getfixturevalue(path)
     gen = torch.Generator().manual_seed(5)
     s = torch.randn(41, 4, generator=gen, dtype=torch.float64, requires_grad=True)
     t = (torch.randn(37, 4, generator=gen, dtype=torch.float64) + 0.4).requires_grad_()
@@ -226,11 +236,11 @@ def test_functional_value_matches_reference():
         assert abs(float(v) - float(v0)) <= 1e-5
 
 
-@pytest.mark.parametrize("path", ["default", "tiled"])
+@pytest.mark.parametrize("path", ["default", "tiled", "direct"])
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
 def test_non_finite_input_raises(request, path, bad):
-    if path == "tiled":
-        request.getfixturevalue("tiled")
+    if path != "default":
+        request.getfixturevalue(path)
     z = torch.randn(80, 5)
     z[57, 3] = bad
     with pytest.raises(ValueError, match=r"non-finite.*target row 17"):

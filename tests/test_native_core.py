@@ -63,9 +63,12 @@ def restore_threads():
 
 
 @pytest.mark.parametrize("deterministic", [False, True])
-def test_bitwise_identical_across_calls_and_thread_counts(restore_threads, deterministic):
-    """N = 2000 (many tiles, the parallel sweep): five calls, 1 and 2 threads, same bits."""
-    x, y = _inputs(1100, 900, 48)
+@pytest.mark.parametrize("n, m, d", [(1100, 900, 48), (32, 32, 256), (100, 92, 40)])
+def test_bitwise_identical_across_calls_and_thread_counts(restore_threads, deterministic, n, m,
+                                                          d):
+    """Five calls, 1 and 2 threads, same bits: N = 2000 (many tiles, the one-pass parallel
+    sweep) and N = 64, 192 (the two-phase small-batch sweep, also parallel at these sizes)."""
+    x, y = _inputs(n, m, d)
     before = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(deterministic)
     try:
