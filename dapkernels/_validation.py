@@ -17,20 +17,22 @@ def as_features(x: object, name: str) -> torch.Tensor:
     """Checks a (batch, features…) tensor and flattens it to (batch, d)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() < 2:
+    shape = x.shape
+    if len(shape) < 2:
         raise ValueError(
-            f"{name} must have shape (batch, features...), got a {x.dim()}-D tensor of shape "
-            f"{tuple(x.shape)}"
+            f"{name} must have shape (batch, features...), got a {len(shape)}-D tensor of shape "
+            f"{tuple(shape)}"
         )
-    if x.shape[0] == 0:
-        raise ValueError(f"{name} is an empty batch (shape {tuple(x.shape)})")
-    allowed = _CPU_DTYPES if x.device.type == "cpu" else _GPU_DTYPES
+    if shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch (shape {tuple(shape)})")
+    # is_cpu, not device.type: no device object per call (these checks run on every step)
+    allowed = _CPU_DTYPES if x.is_cpu else _GPU_DTYPES
     if x.dtype not in allowed:
         names = ", ".join(str(d).replace("torch.", "") for d in allowed)
         raise TypeError(f"{name} has dtype {x.dtype}; on {x.device.type} expected one of {names}")
-    flat = x if x.dim() == 2 else x.reshape(x.shape[0], -1)
+    flat = x if len(shape) == 2 else x.reshape(shape[0], -1)
     if flat.shape[1] == 0:
-        raise ValueError(f"{name} has no features (shape {tuple(x.shape)})")
+        raise ValueError(f"{name} has no features (shape {tuple(shape)})")
     return flat
 
 
@@ -48,7 +50,7 @@ def cpu_compute_view(x: torch.Tensor) -> torch.Tensor:
 
 def check_same_space(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str) -> None:
     """Both tensors must live on one device, share a dtype and a feature dimension."""
-    if a.device != b.device:
+    if not (a.is_cpu and b.is_cpu) and a.device != b.device:  # two CPU tensors: one device
         raise ValueError(f"{name_a} is on {a.device} but {name_b} is on {b.device}")
     if a.dtype != b.dtype:
         raise TypeError(f"{name_a} has dtype {a.dtype} but {name_b} has dtype {b.dtype}")

@@ -2,6 +2,9 @@
 compile."""
 
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -83,13 +86,31 @@ def test_kernel_bank_defaults_and_fields():
     assert hash(fixed) == hash(dk.GaussianKernels(sigmas=(1.0, 2.0)))
 
 
-def test_backend_environment_variable(monkeypatch):
-    monkeypatch.setenv("DAPKERNELS_BACKEND", "nonsense")
-    s, t = _pair()
-    with pytest.raises(ValueError, match="backend"):
-        dk.mmd(s, t)
-    monkeypatch.setenv("DAPKERNELS_BACKEND", "reference")
-    assert backends.resolve(None, s.device) == "reference"
+_ENV_CHILD = """
+import torch, dapkernels as dk
+from dapkernels import backends
+s, t = torch.randn(8, 3), torch.randn(8, 3)
+try:
+    dk.mmd(s, t)
+    print("ran", backends.resolve(None, s.device))
+except ValueError as e:
+    print("ValueError", e)
+"""
+
+
+@pytest.mark.parametrize("value, expected", [("nonsense", "ValueError backend must be one of"),
+                                             ("reference", "ran reference"),
+                                             ("", "ran cpu")])
+def test_backend_environment_variable(value, expected):
+    """DAPKERNELS_BACKEND is read when dapkernels is imported, in a fresh process."""
+    if value == "" and not backends.available("cpu"):
+        pytest.skip("the C++ core is not built")
+    out = subprocess.run([sys.executable, "-c", _ENV_CHILD], capture_output=True, text=True,
+                         env={**os.environ, "DAPKERNELS_BACKEND": value}, check=True)
+    assert out.stdout.startswith(expected), out.stdout + out.stderr
+
+
+def test_forced_cpu_backend_refuses_other_devices():
     with pytest.raises(ValueError, match="CPU tensors only"):
         backends.resolve("cpu", torch.device("meta"))
 

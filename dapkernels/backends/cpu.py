@@ -49,10 +49,14 @@ def _tile(rows: int) -> int:
 _DTYPES = {torch.float32: "float32", torch.float64: "float64"}
 
 
-def _rows_readable(x: torch.Tensor) -> bool:
-    """Rows the core can read in place: unit column stride, rows that do not overlap."""
+def _readable(x: torch.Tensor) -> torch.Tensor:
+    """``x`` itself when the core can read its rows in place (unit column stride, rows that do
+    not overlap), else a contiguous copy."""
     rows, cols = x.shape
-    return (cols <= 1 or x.stride(1) == 1) and (rows <= 1 or x.stride(0) >= cols)
+    row_stride, col_stride = x.stride()
+    if (cols <= 1 or col_stride == 1) and (rows <= 1 or row_stride >= cols):
+        return x
+    return x.contiguous()
 
 
 def mmd_sweep(
@@ -82,18 +86,14 @@ def mmd_sweep(
     """
     s0 = sources[0]
     dtype = _DTYPES.get(s0.dtype)
-    if dtype is None or s0.device.type != "cpu":
+    if dtype is None or not s0.is_cpu:
         raise TypeError(f"the cpu backend takes float32/float64 CPU tensors, got {s0.dtype} "
                         f"on {s0.device}")
     n, m = s0.shape[0], targets[0].shape[0]
-    sp, tp, cols, srs, trs, keep = [], [], [], [], [], []
+    sp, tp, cols, srs, trs, kept = [], [], [], [], [], []
     for s, t in zip(sources, targets):
-        if not _rows_readable(s):
-            s = s.contiguous()
-            keep.append(s)  # holds the copy alive until the call returns
-        if not _rows_readable(t):
-            t = t.contiguous()
-            keep.append(t)
+        s, t = _readable(s), _readable(t)
+        kept += (s, t)  # a contiguous copy must outlive the call
         sp.append(s.data_ptr())
         tp.append(t.data_ptr())
         cols.append(s.shape[1])

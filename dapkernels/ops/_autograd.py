@@ -34,7 +34,7 @@ def scale_grad(grad: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
     followed by a second backward through a retained graph raises autograd's usual error
     rather than using the changed values.
     """
-    if grad_out.device.type == "cpu" and not grad_out.requires_grad and grad_out.item() == 1.0:
+    if grad_out.is_cpu and not grad_out.requires_grad and grad_out.item() == 1.0:
         return grad
     return grad * (grad_out if grad_out.dtype == grad.dtype else grad_out.to(grad.dtype))
 

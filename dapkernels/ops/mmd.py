@@ -57,6 +57,10 @@ def _value(sums, weights: Sequence[float], const: float, dtype: torch.dtype) -> 
 def _mmd_forward(sources, targets, factors, relative, weights, const, need_grad, backend, dtype):
     """``(L as a 0-dim dtype tensor, unscaled gradients)`` from the backend's ``mmd_loss`` if
     it has one, else from its ``mmd_sweep`` block sums (docs/design.md §Backend contract)."""
+    if backend == "cpu":  # lean path: the sums come back as floats, one tensor creation
+        sums, grads = backends.get("cpu").mmd_sweep(sources, targets, factors, relative, weights,
+                                                   need_grad)
+        return _value(sums, weights, const, dtype), grads
     module = backends.get(backend)
     loss = getattr(module, "mmd_loss", None)
     if loss is not None:  # the backend forms the value itself (triton: inside the kernel)
@@ -65,9 +69,18 @@ def _mmd_forward(sources, targets, factors, relative, weights, const, need_grad,
     return _value(sums, weights, const, dtype), grads
 
 
+def _halves(grads: Sequence[torch.Tensor], n: int) -> list[torch.Tensor]:
+    """Per layer, the source rows then the target rows of a stored (n + m, d_l) gradient.
+
+    Taken when the gradient is stored, not in backward: two views cost a visible share of a
+    small batch's backward pass, and there they would be created after the kernel has evicted
+    what the autograd engine keeps in cache.
+    """
+    return [h for g in grads for h in (g[:n], g[n:])]
+
+
 def mmd_fused_backward(
     saved: Sequence[torch.Tensor],
-    n: int,
     bank: tuple,
     grad_out: torch.Tensor,
     needs: Sequence[bool],
@@ -76,9 +89,9 @@ def mmd_fused_backward(
     """The backward of the fused op: the eager Function and the custom op both call it.
 
     Args:
-        saved: ``(*grads, *sources, *targets)``: the L stored gradients (N, d_l) (none when the
-            forward ran without one), then the 2L inputs.
-        n: source rows.
+        saved: ``(*halves, *sources, *targets)``: per layer the stored gradient's source rows
+            (n, d_l) and target rows (m, d_l) (:func:`_halves`; none when the forward ran
+            without gradients), then the 2L inputs.
         bank: ``(factors, relative, weights)``.
         grad_out: 0-dim incoming gradient.
         needs: per input tensor (sources then targets), whether its gradient is wanted.
@@ -86,7 +99,7 @@ def mmd_fused_backward(
 
     Returns:
         per layer, the source and the target gradients (None where not needed): the stored
-        gradient scaled by ``grad_out``, or, when the backward is being recorded
+        gradients scaled by ``grad_out``, or, when the backward is being recorded
         (``create_graph=True``), ``grad_out · ∂L/∂z_l`` recomputed differentiably from the
         inputs by :func:`~dapkernels.backends.reference.mmd_grad_formula` (dense, float64).
         The formula: docs/design.md §MMD.
@@ -97,14 +110,14 @@ def mmd_fused_backward(
         return [None] * layers, [None] * layers
     if torch.is_grad_enabled():
         factors, relative, weights = bank
-        exact = mmd_grad_formula(inputs[:layers], inputs[layers:], factors, relative,
-                                           weights)
+        exact = mmd_grad_formula(inputs[:layers], inputs[layers:], factors, relative, weights)
         go = grad_out.to(torch.float64)
-        grads = [(g * go).to(x.dtype) for g, x in zip(exact, inputs[:layers])]
+        n = inputs[0].shape[0]
+        halves = _halves([(g * go).to(x.dtype) for g, x in zip(exact, inputs[:layers])], n)
     else:
-        grads = [scale(g, grad_out) for g in saved[:layers]]
-    src = [g[:n] if needs[l] else None for l, g in enumerate(grads)]
-    tgt = [g[n:] if needs[layers + l] else None for l, g in enumerate(grads)]
+        halves = [scale(h, grad_out) for h in saved[:2 * layers]]
+    src = [halves[2 * l] if needs[l] else None for l in range(layers)]
+    tgt = [halves[2 * l + 1] if needs[layers + l] else None for l in range(layers)]
     return src, tgt
 
 
@@ -123,15 +136,14 @@ class _MMDFusedFunction(torch.autograd.Function):
             tensors[:layers], tensors[layers:], factors, relative, weights, const,
             any(ctx.needs_input_grad), backend, out_dtype,
         )
-        ctx.n, ctx.bank = n, (factors, relative, weights)
-        ctx.save_for_backward(*grads, *tensors)
+        ctx.bank = (factors, relative, weights)
+        ctx.save_for_backward(*_halves(grads, n), *tensors)
         return value
 
     @staticmethod
     def backward(ctx, grad_out):
-        saved = ctx.saved_tensors
-        needs = ctx.needs_input_grad[1:]
-        src, tgt = mmd_fused_backward(saved, ctx.n, ctx.bank, grad_out, needs, scale_grad)
+        src, tgt = mmd_fused_backward(ctx.saved_tensors, ctx.bank, grad_out,
+                                      ctx.needs_input_grad[1:], scale_grad)
         return (None, *src, *tgt)
 
 
@@ -205,14 +217,14 @@ def _mmd_fused_op_fake(sources, targets, factors, counts, relative, estimator, n
 def _mmd_fused_op_setup_context(ctx, inputs, output):
     sources, targets, factors, counts, relative, estimator = inputs[:6]
     weights, _ = _op_plan(sources, targets, counts, estimator)
-    ctx.n, ctx.layers = sources[0].shape[0], len(sources)
+    ctx.layers = len(sources)
     ctx.bank = (_split(factors, counts), list(relative), list(weights))
-    ctx.save_for_backward(*output[1:], *sources, *targets)
+    ctx.save_for_backward(*_halves(output[1:], sources[0].shape[0]), *sources, *targets)
 
 
 def _mmd_fused_op_backward(ctx, grad_outputs):
-    src, tgt = mmd_fused_backward(ctx.saved_tensors, ctx.n, ctx.bank, grad_outputs[0],
-                           [True] * (2 * ctx.layers))
+    src, tgt = mmd_fused_backward(ctx.saved_tensors, ctx.bank, grad_outputs[0],
+                                  [True] * (2 * ctx.layers))
     return src, tgt, None, None, None, None, None, None
 
 
