@@ -481,7 +481,7 @@ void mirror_tile(T* F, std::int64_t ldf, std::int64_t i0, std::int64_t i1, std::
 //   1. Every tile I ≤ J, off-diagonal ones first (twice a diagonal tile's work), dynamic
 //      schedule: Gram product, epilogue (block sums into the tile's own slot, C^l_IJ in
 //      place), then the mirror C^l_JI = C^l_IJᵀ.
-//   2. Rows shared out statically in groups of DK_MR: one GEMM with K = N per group gives
+//   2. Rows shared out evenly, in groups of DK_MR: one GEMM with K = N per group gives
 //      (C^l c_l)_i, then rowsum_i = Σ_j C^l_ij (float64, j in order) and
 //      ∂L/∂z_i = gscale · 4 (rowsum_i c_i − (C^l c_l)_i).
 // Every sum is formed in an order fixed by tile and row indices: bitwise identical results
@@ -540,9 +540,13 @@ void sweep_small(const Context<T>& cx, const T* const* c, const std::int64_t* ld
       for (int l = 0; l < L; ++l) mirror_tile<T>(full.get() + l * ldf * ldf, ldf, i0, i1, j0, j1);
     }
     if (need_grad) {
-#pragma omp for schedule(static)
-      for (std::int64_t g = 0; g < groups; ++g) {
-        const std::int64_t r0 = g * DK_MR, r1 = std::min(N, r0 + DK_MR);
+      // Phase 2: an even share of the rows for each thread of the team actually granted, in
+      // groups of DK_MR (a row's result does not depend on its group); the loop above ends
+      // with the barrier that makes every C^l complete.
+      const std::int64_t team = team_size(), me = thread_index();
+      const std::int64_t row_end = N * (me + 1) / team;
+      for (std::int64_t r0 = N * me / team; r0 < row_end; r0 += DK_MR) {
+        const std::int64_t r1 = std::min(row_end, r0 + DK_MR);
         for (int l = 0; l < L; ++l) {
           const T* F = full.get() + l * ldf * ldf;
           const std::int64_t d = dims[l];

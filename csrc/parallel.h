@@ -15,6 +15,15 @@
 
 namespace dk {
 
+// Threads in the current team (1 outside a parallel region).
+inline int team_size() {
+#ifdef _OPENMP
+  return omp_get_num_threads();
+#else
+  return 1;
+#endif
+}
+
 inline int thread_index() {
 #ifdef _OPENMP
   return omp_get_thread_num();

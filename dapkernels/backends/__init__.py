@@ -9,9 +9,9 @@ Every backend module exposes the same primitives (docs/design.md §Backend contr
   layer forms it from the sweep for backends without them)
 
 Choice, first match wins: the ``backend=`` argument of an op, the ``DAPKERNELS_BACKEND``
-environment variable (read at import), then the device: CPU tensors use ``cpu`` (the C++ core), CUDA tensors use
-``triton``.  A CUDA tensor never silently moves to the CPU: without Triton the ops run the plain
-torch ``reference`` backend on the GPU and warn once.
+environment variable (read at import), then the device: CPU tensors use ``cpu`` (the C++
+core), CUDA tensors use ``triton``.  A CUDA tensor never silently moves to the CPU: without
+Triton the ops run the plain torch ``reference`` backend on the GPU and warn once.
 """
 
 from __future__ import annotations
