@@ -65,43 +65,8 @@ struct Segment {
   double scale;
 };
 
-namespace isa_base {
-#define DK_VBYTES 16
-#include "simd.h"
-#include "coral_kernel.h"
-#undef DK_VBYTES
-#undef DK_CORAL_GT
-#undef DK_CORAL_MR
-#undef DK_CORAL_MC
-}  // namespace isa_base
-
-#ifdef DK_X86
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,bmi,bmi2")
-namespace isa_avx2 {
-#define DK_VBYTES 32
-#include "simd.h"
-#include "coral_kernel.h"
-#undef DK_VBYTES
-#undef DK_CORAL_GT
-#undef DK_CORAL_MR
-#undef DK_CORAL_MC
-}  // namespace isa_avx2
-#pragma GCC pop_options
-
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512dq,avx512vl,avx512bw,avx2,fma,bmi,bmi2,prefer-vector-width=512")
-namespace isa_avx512 {
-#define DK_VBYTES 64
-#include "simd.h"
-#include "coral_kernel.h"
-#undef DK_VBYTES
-#undef DK_CORAL_GT
-#undef DK_CORAL_MR
-#undef DK_CORAL_MC
-}  // namespace isa_avx512
-#pragma GCC pop_options
-#endif
+#define DK_KERNEL_HEADER "coral_kernel.h"
+#include "isa_copies.h"
 
 // Entry points of one instruction-set copy for one dtype.
 template <typename T>

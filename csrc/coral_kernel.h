@@ -1,7 +1,7 @@
-// Deep CORAL vector kernels.  Included once per instruction set by csrc/coral.cpp, inside a
-// namespace and under `#pragma GCC target(...)` (no include guard on purpose); simd.h must be
-// included first in the same namespace, with DK_VBYTES the copy's native vector width.
-// OpenMP regions here inherit the target of the copy.
+// Deep CORAL vector kernels.  Compiled once per instruction set through csrc/isa_copies.h
+// (from csrc/coral.cpp; no include guard on purpose, its macros are #undef'd at the end), with
+// DK_VBYTES the copy's native vector width.  OpenMP regions here inherit the target of the
+// copy.
 //
 // The driver (coral.cpp) owns every buffer: nothing here allocates on the heap, and per-thread
 // scratch is a fixed-size stack array (a few KiB), so no allocation can fail, or throw, inside a
@@ -388,3 +388,7 @@ void prepare(const Matrix& xs, const Matrix& xt, double* mean_s, double* mean_t,
     }
   }
 }
+
+#undef DK_CORAL_GT
+#undef DK_CORAL_MR
+#undef DK_CORAL_MC

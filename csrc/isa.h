@@ -3,7 +3,7 @@
 // Each family keeps its vector code in a header (csrc/<op>_kernel.h) that is compiled once per
 // instruction set, inside namespace isa_base / isa_avx2 / isa_avx512 and under
 // `#pragma GCC target(...)`, with DK_VBYTES (16, 32, 64) set to that copy's native vector width
-// (simd.h); csrc/mmd.cpp shows the pattern.  The copy to run is chosen once per process by
+// (simd.h); csrc/isa_copies.h does this for a family.  The copy to run is chosen once per process by
 // active_isa(): the best the CPU supports, capped by DAPKERNELS_ISA.
 //
 // x86 copies exist only when DK_X86 is set: on other architectures (aarch64, …) and in a

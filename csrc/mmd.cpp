@@ -31,37 +31,8 @@
 namespace dk {
 namespace mmd {
 
-namespace isa_base {
-#define DK_VBYTES 16
-#include "simd.h"
-#include "mmd_kernel.h"
-#undef DK_VBYTES
-#undef DK_MR
-}  // namespace isa_base
-
-#ifdef DK_X86
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,bmi,bmi2")
-namespace isa_avx2 {
-#define DK_VBYTES 32
-#include "simd.h"
-#include "mmd_kernel.h"
-#undef DK_VBYTES
-#undef DK_MR
-}  // namespace isa_avx2
-#pragma GCC pop_options
-
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512dq,avx512vl,avx512bw,avx2,fma,bmi,bmi2,prefer-vector-width=512")
-namespace isa_avx512 {
-#define DK_VBYTES 64
-#include "simd.h"
-#include "mmd_kernel.h"
-#undef DK_VBYTES
-#undef DK_MR
-}  // namespace isa_avx512
-#pragma GCC pop_options
-#endif
+#define DK_KERNEL_HEADER "mmd_kernel.h"
+#include "isa_copies.h"
 
 // Entry points of one instruction-set copy for one dtype.
 template <typename T>

@@ -1,6 +1,6 @@
-// Fused MMD / JMMD tile kernels.  Included once per instruction set by csrc/mmd.cpp, inside a
-// namespace and under `#pragma GCC target(...)` (no include guard on purpose); simd.h must be
-// included first in the same namespace.  OpenMP regions here inherit the target of the copy.
+// Fused MMD / JMMD tile kernels.  Compiled once per instruction set through csrc/isa_copies.h
+// (from csrc/mmd.cpp; no include guard on purpose, its macros are #undef'd at the end).
+// OpenMP regions here inherit the target of the copy.
 //
 // Notation (as in dapkernels/backends/reference.py::mmd_sweep): c = centred rows of one layer, D_ij = ‖c_i‖² + ‖c_j‖² − 2 c_i·c_j,
 // K_l = Σ_q e^{−γ_q D} (bank of layer l), K_l' = −Σ_q γ_q e^{−γ_q D}, joint kernel k = Π_l K_l,
@@ -593,3 +593,5 @@ void sweep_small(const Context<T>& cx, const T* const* c, const std::int64_t* ld
   for (std::int64_t t = 0; t < ntiles; ++t)
     for (int k = 0; k < 3; ++k) sums[k] += tile_sums[3 * t + k];
 }
+
+#undef DK_MR

@@ -1,6 +1,6 @@
-// Tile kernels of the quadratic-forms engine (csrc/quadratic_forms.cpp).  Included once per
-// instruction set inside namespace isa_base / isa_avx2 / isa_avx512, after simd.h, under
-// `#pragma GCC target(...)` (no include guard on purpose, as csrc/mmd_kernel.h).
+// Tile kernels of the quadratic-forms engine (csrc/quadratic_forms.cpp).  Compiled once per
+// instruction set through csrc/isa_copies.h (no include guard on purpose, its macros are
+// #undef'd at the end).
 //
 // Contract and notation: dapkernels/backends/reference_quadratic_forms.py.  One work item is a
 // row tile I; it visits the column tiles J = I, I + 1, … in order and, per tile:
@@ -243,3 +243,5 @@ void qf_sweep(std::int64_t N, std::int64_t d, const T* const* rows, const double
     }
   }
 }
+
+#undef DK_QMR

@@ -27,37 +27,8 @@
 namespace dk {
 namespace qf {
 
-namespace isa_base {
-#define DK_VBYTES 16
-#include "simd.h"
-#include "qf_kernel.h"
-#undef DK_VBYTES
-#undef DK_QMR
-}  // namespace isa_base
-
-#ifdef DK_X86
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,bmi,bmi2")
-namespace isa_avx2 {
-#define DK_VBYTES 32
-#include "simd.h"
-#include "qf_kernel.h"
-#undef DK_VBYTES
-#undef DK_QMR
-}  // namespace isa_avx2
-#pragma GCC pop_options
-
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512dq,avx512vl,avx512bw,avx2,fma,bmi,bmi2,prefer-vector-width=512")
-namespace isa_avx512 {
-#define DK_VBYTES 64
-#include "simd.h"
-#include "qf_kernel.h"
-#undef DK_VBYTES
-#undef DK_QMR
-}  // namespace isa_avx512
-#pragma GCC pop_options
-#endif
+#define DK_KERNEL_HEADER "qf_kernel.h"
+#include "isa_copies.h"
 
 template <typename T>
 struct Kernels {

@@ -28,12 +28,13 @@ PACKAGE = Path(__file__).resolve().parents[1] / "dapkernels"
 #: Layers from the bottom up: (layer, {room: module patterns}).  A module may import modules of
 #: its own room and of any lower layer.
 LAYERS: list[tuple[str, dict[str, tuple[str, ...]]]] = [
+    ("compiled core", {"_C": ("dapkernels._C",)}),
     ("foundation", {
         "kernels": ("dapkernels.kernels",),
         "_validation": ("dapkernels._validation",),
-        "_C": ("dapkernels._C",),
         "_version": ("dapkernels._version",),
         "_torch_private": ("dapkernels._torch_private",),
+        "_machine": ("dapkernels._machine",),
     }),
     ("reference backend", {
         "backends.reference": ("dapkernels.backends.reference*",),
@@ -67,7 +68,7 @@ LAYERS: list[tuple[str, dict[str, tuple[str, ...]]]] = [
 
 #: private modules every room may import (and take names from).
 LOW_LEVEL = {"dapkernels._C", "dapkernels._validation", "dapkernels._version",
-             "dapkernels._torch_private"}
+             "dapkernels._torch_private", "dapkernels._machine"}
 
 
 def _matches(module: str, pattern: str) -> bool:

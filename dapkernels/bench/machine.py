@@ -11,30 +11,10 @@ from pathlib import Path
 
 import torch
 
+from .._machine import core_info, cpu_model
 from .memory import available_memory_bytes
 
 __all__ = ["machine_info", "machine_summary"]
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _core_info() -> dict:
-    """Instruction-set copy the C++ core dispatches to, its cap, and whether it has OpenMP."""
-    info = {"isa_cap": os.environ.get("DAPKERNELS_ISA") or None}
-    try:
-        from .. import _C
-    except ImportError:
-        return {**info, "core_isa": None, "core_openmp": None}
-    return {**info, "core_isa": _C.isa, "core_openmp": bool(_C.openmp)}
 
 
 def machine_summary(info: dict) -> str:
@@ -70,10 +50,10 @@ def machine_info(device: torch.device) -> dict:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        **_core_info(),
+        **core_info(),
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "mem_available_bytes": available_memory_bytes(torch.device("cpu")),
         "device": str(device),

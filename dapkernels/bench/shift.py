@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .machine import machine_info
 from .memory import MiB, reset_peak_rss
 
 __all__ = ["add_arguments", "run", "measure", "write_memmap", "FULL_STREAM", "FULL_PERM"]
@@ -270,8 +271,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Runs ``bench shift``: prints the tables, writes ``shift.json`` and ``shift.png``."""
-    from ..metrics.cli import machine_info
-
     device = torch.device(args.device)
     n, d = args.stream_size or (QUICK_STREAM if args.quick else FULL_STREAM)
     isolate = args.isolate if args.isolate is not None else not args.quick
@@ -297,7 +296,7 @@ def run(args: argparse.Namespace) -> int:
             cases.append({"group": "permutation", "method": "permutation",
                           "name": f"permutation n=m={pn} d={pd} B={pb}",
                           "params": {"n": pn, "d": pd, "B": pb}, **res})
-    machine = machine_info()
+    machine = machine_info(device)
     payload = {"benchmark": "shift", "machine": machine,
                "config": {"device": str(device), "quick": bool(args.quick), "isolate": isolate,
                           "stream_size": [n, d], "dtype": "float32", "estimator": "unbiased",

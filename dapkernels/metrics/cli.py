@@ -43,6 +43,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._machine import core_info, cpu_model
+
 __all__ = ["add_shift_parser", "run", "report", "machine_info", "MIN_ROWS", "METHODS"]
 
 #: Fewest rows per file: two complete units of the block and linear tests (B ≥ 2).
@@ -213,21 +215,8 @@ def _domain_shift(src: np.ndarray, tgt: np.ndarray) -> dict:
 
 def machine_info() -> dict:
     """CPU model, cores, torch version and threads, the C++ core's instruction set."""
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")),
-                       cpu)
-    except OSError:
-        pass
-    try:
-        from .. import _C
-
-        isa = _C.isa
-    except ImportError:
-        isa = None
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "core_isa": isa,
+    return {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(), **core_info(),
             "python": platform.python_version()}
 
 
