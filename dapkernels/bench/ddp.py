@@ -35,6 +35,8 @@ from pathlib import Path
 
 import torch
 
+from .._machine import core_info, cpu_model
+
 __all__ = ["add_arguments", "run", "BAR_RATIO"]
 
 BAR_RATIO = 0.75
@@ -47,16 +49,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reps", type=int, default=3, help="timed repeats (default 3)")
     parser.add_argument("--no-baseline", action="store_true",
                         help="skip the gather-with-autograd baseline")
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _commit() -> str | None:
@@ -207,15 +199,18 @@ def run(args: argparse.Namespace) -> int:
             "cpu_ratio_le_0.75": glob["cpu_ratio"] <= BAR_RATIO}
     report = {
         "benchmark": "ddp", "n": n, "d": d, "world": world, "reps": reps, "dtype": "float32",
-        "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
-                    "python": platform.python_version(), "load_avg_start": load0,
-                    "load_avg_end": os.getloadavg()},
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
+                    "python": platform.python_version(), **core_info(),
+                    "load_avg_start": load0, "load_avg_end": os.getloadavg()},
         "commit": _commit(), "results": results, "bytes_per_rank_per_call": _bytes(n, d, world),
         "bars": bars,
     }
     (out / "ddp.json").write_text(json.dumps(report, indent=2))
     _plot(out / "ddp.png", results, n, d, world)
-    lines = [f"machine: {report['machine']['cpu']}, {os.cpu_count()} cores, torch "
+    machine = report["machine"]
+    cap = f" (DAPKERNELS_ISA={machine['isa_cap']})" if machine["isa_cap"] else ""
+    lines = [f"machine: {machine['cpu']}, {os.cpu_count()} cores, C++ core ISA "
+             f"{machine['core_isa']}{cap}, torch "
              f"{torch.__version__}; load average at start {load0[0]:.2f}, end "
              f"{report['machine']['load_avg_end'][0]:.2f}",
              f"N = {n}, d = {d}, float32, one thread per rank, median of {reps}",
