@@ -67,6 +67,16 @@ def _count_p(obs, null) -> float:
     return (1 + int((null >= obs).sum())) / (1 + null.numel())
 
 
+def _row(method: str, estimator: str, n: int, m: int, res, stats: torch.Tensor) -> dict:
+    """One report row: our p-value and null against the dense recomputation ``stats``
+    (observed statistic first, then the null)."""
+    p_dense = _count_p(stats[0], stats[1:])
+    return {"method": method, "estimator": estimator, "n": n, "m": m,
+            "p_ours": res.p_value, "p_dense": p_dense,
+            "max_abs_null_diff": float((res.null - stats[1:]).abs().max()),
+            "equal": res.p_value == p_dense}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--permutations", type=int, default=200)
@@ -84,11 +94,7 @@ def main() -> None:
         gen = torch.Generator().manual_seed(7)
         perms = [torch.arange(n + m)] + [torch.randperm(n + m, generator=gen) for _ in range(num)]
         stats = _perm_stats(k, n, m, perms, estimator)
-        p_dense = _count_p(stats[0], stats[1:])
-        rows.append({"method": "permutation", "estimator": estimator, "n": n, "m": m,
-                     "p_ours": res.p_value, "p_dense": p_dense,
-                     "max_abs_null_diff": float((res.null - stats[1:]).abs().max()),
-                     "equal": res.p_value == p_dense})
+        rows.append(_row("permutation", estimator, n, m, res, stats))
 
         n = m = 2000
         x, y = _data(n, m, 2)
@@ -103,11 +109,7 @@ def main() -> None:
         eps = [torch.ones(n, dtype=torch.float64)] + [
             (torch.randint(0, 2, (n,), generator=gen) * 2 - 1).double() for _ in range(num)]
         stats = torch.tensor([float(e @ h @ e) / norm for e in eps], dtype=torch.float64)
-        p_dense = _count_p(stats[0], stats[1:])
-        rows.append({"method": "wild", "estimator": estimator, "n": n, "m": m,
-                     "p_ours": res.p_value, "p_dense": p_dense,
-                     "max_abs_null_diff": float((res.null - stats[1:]).abs().max()),
-                     "equal": res.p_value == p_dense})
+        rows.append(_row("wild", estimator, n, m, res, stats))
 
         n = m = 1000
         x, y = _data(n, m, 3)

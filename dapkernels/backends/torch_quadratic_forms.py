@@ -77,6 +77,16 @@ class _Rows:
         return rows - self.mean
 
 
+def _sweep_setup(parts: Sequence[torch.Tensor], gammas: torch.Tensor,
+                 sum_bank: bool) -> tuple[torch.dtype, _Rows, list[float], int]:
+    """What every tiled sweep starts from: the compute dtype (float64 for float64 parts, else
+    float32), the centred-row reader, the bandwidths γ as floats and L' (1 when the bank is
+    summed, else one quadratic form per γ)."""
+    cdt = torch.float64 if parts[0].dtype == torch.float64 else torch.float32
+    g = [float(x) for x in gammas.detach().cpu().to(torch.float64)]
+    return cdt, _Rows(parts, cdt), g, 1 if sum_bank else len(g)
+
+
 def quadratic_forms_parts(
     parts: Sequence[torch.Tensor],
     gammas: torch.Tensor,
@@ -90,12 +100,9 @@ def quadratic_forms_parts(
     ``on_row_tile`` is called once per row tile I (progress reporting).
     """
     device = parts[0].device
-    cdt = torch.float64 if parts[0].dtype == torch.float64 else torch.float32
-    rows = _Rows(parts, cdt)
+    cdt, rows, g, lp = _sweep_setup(parts, gammas, sum_bank)
     n_rows = rows.n
     nb = v.shape[1]
-    g = [float(x) for x in gammas.detach().cpu().to(torch.float64)]
-    lp = 1 if sum_bank else len(g)
     q = torch.zeros(lp, nb, dtype=torch.float64, device=device)
     rowsums = torch.zeros(lp, n_rows, dtype=torch.float64, device=device)
     norms = torch.empty(n_rows, dtype=cdt, device=device)
@@ -153,12 +160,9 @@ def quadratic_forms_rows(
         the order of ``own``.
     """
     device = parts[0].device
-    cdt = torch.float64 if parts[0].dtype == torch.float64 else torch.float32
-    rows = _Rows(parts, cdt)
+    cdt, rows, g, lp = _sweep_setup(parts, gammas, sum_bank)
     n_rows = rows.n
     nb = v.shape[1]
-    g = [float(x) for x in gammas.detach().cpu().to(torch.float64)]
-    lp = 1 if sum_bank else len(g)
     tiles = [(a, min(a + tile, i1)) for i0, i1 in own for a in range(i0, i1, tile)]
     q = torch.zeros(lp, nb, dtype=torch.float64, device=device)
     rowsums = torch.zeros(lp, sum(b - a for a, b in tiles), dtype=torch.float64, device=device)

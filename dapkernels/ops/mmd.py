@@ -72,9 +72,8 @@ def _mmd_forward(sources, targets, factors, relative, weights, const, need_grad,
 def _halves(grads: Sequence[torch.Tensor], n: int) -> list[torch.Tensor]:
     """Per layer, the source rows then the target rows of a stored (n + m, d_l) gradient.
 
-    Taken when the gradient is stored, not in backward: two views cost a visible share of a
-    small batch's backward pass, and there they would be created after the kernel has evicted
-    what the autograd engine keeps in cache.
+    Split once when the gradient is stored (the eager Function and the custom op save this
+    layout), so that backward only scales what it hands back.
     """
     return [h for g in grads for h in (g[:n], g[n:])]
 
